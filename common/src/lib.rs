@@ -1,0 +1,23 @@
+//! What every Floodgate process shares: configuration, telemetry, the database pool and
+//! migrations, RabbitMQ topology and publishing, message contracts, the admin server and shutdown.
+//!
+//! - [`config`]: typed settings from environment variables, defaulting to the local services.
+//! - [`telemetry`]: `tracing` set-up (text or JSON logs, `RUST_LOG` filter).
+//! - [`db`]: the PostgreSQL pool and the embedded migrations.
+//! - [`mq`]: RabbitMQ connection, exchanges and queues, publishing with confirms.
+//! - [`contracts`]: the message envelope and the messages processes exchange.
+//! - [`ids`]: typed identifiers (`ShowId`, `SeatId`, ...).
+//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on each process's admin port.
+//! - [`shutdown`]: SIGTERM/SIGINT turned into a cancellation token.
+//! - `testing` (feature): a fresh database per test.
+
+pub mod admin;
+pub mod config;
+pub mod contracts;
+pub mod db;
+pub mod ids;
+pub mod mq;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

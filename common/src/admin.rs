@@ -56,10 +56,10 @@ impl Readiness {
         })
     }
 
-    /// Adds a check that the RabbitMQ connection is open.
-    pub fn with_rabbitmq(self, connection: Arc<lapin::Connection>) -> Self {
+    /// Adds a check that the RabbitMQ connection is up.
+    pub fn with_rabbitmq(self, broker: Arc<crate::mq::Broker>) -> Self {
         self.with_check("rabbitmq", move || {
-            let connected = connection.status().connected();
+            let connected = broker.is_connected();
             async move {
                 if connected {
                     Ok(())

@@ -4,7 +4,10 @@
 //! Every exchange and queue name starts with a configurable prefix (`MQ_PREFIX`, empty in
 //! production) so parallel tests share one broker without seeing each other's messages.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
@@ -14,6 +17,8 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
+
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     contracts::{Envelope, Message},
@@ -212,6 +217,9 @@ fn quorum_arguments() -> FieldTable {
 /// caller answers 503 (HTTP) or retries (workers), and never reports success.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// No connection to the broker right now (it is being re-established).
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
     /// The channel or connection failed.
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),
@@ -310,6 +318,128 @@ impl Publisher {
                 routing_key: routing_key.to_owned(),
             }),
             Confirmation::Nack(_) | Confirmation::NotRequested => Err(PublishError::Nacked),
+        }
+    }
+}
+
+/// A live connection with its confirm-mode publisher.
+struct Live {
+    connection: Connection,
+    publisher: Publisher,
+}
+
+/// A process's link to RabbitMQ that survives broker restarts.
+///
+/// A broker that stops closes its connections with `CONNECTION_FORCED`, which a client does
+/// not recover from by itself. The supervisor ([`Broker::spawn_supervisor`]) therefore watches
+/// the connection and, when it is gone (or never came up: the process may start before the
+/// broker), reconnects with backoff and declares the topology again. Meanwhile
+/// [`Broker::publisher`] says the broker is unavailable, so callers answer 503 or retry and
+/// never report a message as sent.
+pub struct Broker {
+    url: String,
+    process: String,
+    topology: Topology,
+    confirm_timeout: Duration,
+    live: RwLock<Option<Arc<Live>>>,
+}
+
+/// The broker is not connected right now.
+#[derive(Debug, thiserror::Error)]
+#[error("the message broker is unavailable")]
+pub struct Unavailable;
+
+/// Backoff between reconnection attempts: from 250 ms, doubling, at most 5 s.
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+impl Broker {
+    /// Tries to connect once; a failure is logged and left to the supervisor, so a process can
+    /// start (not ready) before the broker does.
+    pub async fn start(url: &str, process: &str, topology: Topology, confirm_timeout: Duration) -> Arc<Self> {
+        let broker = Arc::new(Self {
+            url: url.to_owned(),
+            process: process.to_owned(),
+            topology,
+            confirm_timeout,
+            live: RwLock::new(None),
+        });
+        if let Err(err) = broker.reconnect().await {
+            tracing::warn!(error = %err, "RabbitMQ unavailable at start-up; will keep trying");
+        }
+        broker
+    }
+
+    /// Exchange and queue names.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    fn current(&self) -> Option<Arc<Live>> {
+        self.live
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Whether a connection is up (readiness).
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some_and(|live| live.connection.status().connected())
+    }
+
+    /// The publisher of the current connection.
+    pub fn publisher(&self) -> Result<Publisher, Unavailable> {
+        match self.current() {
+            Some(live) if live.connection.status().connected() => Ok(live.publisher.clone()),
+            _ => Err(Unavailable),
+        }
+    }
+
+    /// Connects, opens the confirm channel and declares the shared topology, then makes the new
+    /// connection current.
+    async fn reconnect(&self) -> Result<(), lapin::Error> {
+        let connection = connect(&self.url, &self.process).await?;
+        let publisher = Publisher::new(&connection, self.confirm_timeout).await?;
+        self.topology.declare(publisher.channel()).await?;
+        *self.live.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some(Arc::new(Live { connection, publisher }));
+        tracing::info!("connected to RabbitMQ");
+        Ok(())
+    }
+
+    /// Watches the connection until `shutdown`, reconnecting whenever it is down.
+    pub fn spawn_supervisor(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let broker = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut delay = RECONNECT_MIN;
+            loop {
+                let wait = if broker.is_connected() { RECONNECT_MIN } else { delay };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                if broker.is_connected() {
+                    delay = RECONNECT_MIN;
+                    continue;
+                }
+                match broker.reconnect().await {
+                    Ok(()) => delay = RECONNECT_MIN,
+                    Err(err) => {
+                        tracing::warn!(error = %err, retry_in = ?delay, "RabbitMQ reconnection failed");
+                        delay = (delay * 2).min(RECONNECT_MAX);
+                    }
+                }
+            }
+            broker.close().await;
+        })
+    }
+
+    /// Closes the current connection (shutdown, or a test simulating a failure).
+    pub async fn close(&self) {
+        if let Some(live) = self.current()
+            && let Err(err) = live.connection.close(200, "closing".into()).await
+        {
+            tracing::debug!(error = %err, "broker connection already closed");
         }
     }
 }

@@ -135,3 +135,59 @@ async fn a_dead_lettered_message_reaches_the_dead_letter_queue() {
 
     topology.delete(&channel, &[show]).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_broker_handle_reconnects_and_redeclares_its_topology_after_losing_the_connection() {
+    let topology = unique_topology();
+    let broker = mq::Broker::start(&amqp_url(), "common-test", topology.clone(), Duration::from_secs(5)).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let supervisor = broker.spawn_supervisor(shutdown.clone());
+    assert!(broker.is_connected());
+
+    // The connection goes away (as when the broker restarts): publishing is refused, not lost.
+    broker.close().await;
+    assert!(matches!(broker.publisher(), Err(mq::Unavailable)));
+
+    let mut waited = Duration::ZERO;
+    while !broker.is_connected() {
+        assert!(waited < Duration::from_secs(15), "no reconnection");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    // The new connection declared the exchanges again and publishes with confirms.
+    let publisher = broker.publisher().unwrap();
+    let show = ShowId::new();
+    topology.declare_show_queue(publisher.channel(), show).await.unwrap();
+    let sent = Envelope::new(
+        Some(show),
+        Probe {
+            text: "after reconnect".into(),
+        },
+    );
+    publisher
+        .publish(&topology.shows_exchange(), &show.to_string(), &sent)
+        .await
+        .unwrap();
+    let delivery = next_delivery(publisher.channel(), &topology.show_queue(show))
+        .await
+        .unwrap();
+    assert_eq!(decode::<Probe>(&delivery.data).unwrap(), sent);
+    delivery.ack(BasicAckOptions::default()).await.unwrap();
+
+    topology.delete(publisher.channel(), &[show]).await.unwrap();
+    shutdown.cancel();
+    supervisor.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_process_starts_without_a_broker_and_reports_it_unavailable() {
+    let broker = mq::Broker::start(
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+        "common-test",
+        unique_topology(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(!broker.is_connected());
+    assert!(matches!(broker.publisher(), Err(mq::Unavailable)));
+}

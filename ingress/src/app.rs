@@ -40,16 +40,6 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 /// How long a publish may wait for the broker's confirm before the caller answers 503.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// RabbitMQ handles ingress uses: show queues are declared when shows are created.
-pub struct Messaging {
-    /// The connection (its status feeds readiness).
-    pub connection: Arc<lapin::Connection>,
-    /// A confirm-mode channel.
-    pub publisher: mq::Publisher,
-    /// Exchange and queue names.
-    pub topology: mq::Topology,
-}
-
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -61,8 +51,8 @@ pub struct AppState {
     pub refresh_ttl: Duration,
     /// Login/register limiter.
     pub auth_limiter: Arc<ClientLimiter>,
-    /// RabbitMQ.
-    pub messaging: Arc<Messaging>,
+    /// RabbitMQ (show queues are declared when shows are created).
+    pub broker: Arc<mq::Broker>,
 }
 
 /// A built, bound, not yet running ingress.
@@ -88,7 +78,13 @@ impl Application {
         if let Some((email, password)) = &config.bootstrap_admin {
             ensure_admin(&pool, email, password).await?;
         }
-        let messaging = connect_messaging(&config).await?;
+        let broker = mq::Broker::start(
+            &config.common.amqp_url,
+            "ingress",
+            mq::Topology::new(config.common.mq_prefix.clone()),
+            CONFIRM_TIMEOUT,
+        )
+        .await;
         let state = AppState {
             db: pool.clone(),
             tokens: Arc::new(TokenKeys::new(
@@ -102,11 +98,11 @@ impl Application {
                 config.auth_rate_burst,
                 config.trust_forwarded_for,
             ),
-            messaging: Arc::new(messaging),
+            broker,
         };
         let readiness = Readiness::new()
             .with_postgres(pool)
-            .with_rabbitmq(Arc::clone(&state.messaging.connection));
+            .with_rabbitmq(Arc::clone(&state.broker));
         let router = router(state.clone(), &config.cors_allowed_origins);
         let api_listener = TcpListener::bind(config.api_listen)
             .await
@@ -140,6 +136,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(api = %self.api_addr(), admin = %self.admin_addr(), "ingress listening");
         self.state.auth_limiter.spawn_cleanup(shutdown.clone());
+        let broker = self.state.broker.spawn_supervisor(shutdown.clone());
         let api = axum::serve(
             self.api_listener,
             self.router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -152,29 +149,11 @@ impl Application {
         let (api, admin) = tokio::join!(api, admin);
         api.context("API server failed")?;
         admin.context("admin server failed")?;
-        if let Err(err) = self.state.messaging.connection.close(200, "shutdown".into()).await {
-            tracing::debug!(error = %err, "broker connection already closed");
-        }
+        // The supervisor closes the broker connection once it sees the shutdown.
+        broker.await.context("broker supervisor failed")?;
         tracing::info!("ingress stopped");
         Ok(())
     }
-}
-
-async fn connect_messaging(config: &IngressConfig) -> anyhow::Result<Messaging> {
-    let connection = mq::connect(&config.common.amqp_url, "ingress")
-        .await
-        .context("cannot connect to RabbitMQ")?;
-    let publisher = mq::Publisher::new(&connection, CONFIRM_TIMEOUT).await?;
-    let topology = mq::Topology::new(config.common.mq_prefix.clone());
-    topology
-        .declare(publisher.channel())
-        .await
-        .context("cannot declare the RabbitMQ topology")?;
-    Ok(Messaging {
-        connection: Arc::new(connection),
-        publisher,
-        topology,
-    })
 }
 
 /// Makes the account named by `FLOODGATE_ADMIN_EMAIL`/`FLOODGATE_ADMIN_PASSWORD` an admin

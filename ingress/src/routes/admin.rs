@@ -366,17 +366,19 @@ pub async fn create_show(
     let seats = shows::insert_inventory(&mut *tx, new.show_id, venue.venue_id).await?;
     // The queue exists before the show does: a show nobody can send commands to must not be
     // visible. Declaring is idempotent, so a rollback after it leaves only an empty queue.
-    let messaging = &state.messaging;
-    messaging
-        .topology
-        .declare_show_queue(messaging.publisher.channel(), new.show_id)
+    let broker_unavailable = || ApiError::Unavailable {
+        code: "broker_unavailable",
+        detail: "The message broker is unavailable; retry shortly.".to_owned(),
+    };
+    let publisher = state.broker.publisher().map_err(|_| broker_unavailable())?;
+    state
+        .broker
+        .topology()
+        .declare_show_queue(publisher.channel(), new.show_id)
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, show_id = %new.show_id, "cannot declare show queue");
-            ApiError::Unavailable {
-                code: "broker_unavailable",
-                detail: "The message broker is unavailable; retry shortly.".to_owned(),
-            }
+            broker_unavailable()
         })?;
     tx.commit().await?;
     tracing::info!(show_id = %new.show_id, seats, "show created");

@@ -267,6 +267,42 @@ async fn a_customer_calling_an_admin_route_is_403_and_the_admin_exists_from_star
 }
 
 #[tokio::test]
+async fn the_configured_admin_credentials_are_applied_at_every_start() {
+    let app = TestApp::spawn().await;
+    assert_eq!(
+        app.register("boss@example.com", "the first password").await.status(),
+        StatusCode::CREATED
+    );
+
+    // Another replica starts with the operator's new admin settings naming that account.
+    let mut config = crate::helpers::test_config(app.db.url(), app.mq_prefix());
+    config.bootstrap_admin = Some((
+        "boss@example.com".into(),
+        common::config::Secret::new("the rotated password"),
+    ));
+    let replica = ingress::Application::build(config).await.unwrap();
+    drop(replica);
+
+    let tokens = app.login("boss@example.com", "the rotated password").await;
+    let me: Value = app
+        .send(Method::GET, "/api/v1/me", tokens["access_token"].as_str(), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "admin");
+    let old = app
+        .send(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"email": "boss@example.com", "password": "the first password"})),
+        )
+        .await;
+    assert_problem(old, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+}
+
+#[tokio::test]
 async fn login_and_register_are_rate_limited_per_client_with_retry_after() {
     let app = TestApp::spawn_with(|config| {
         config.auth_rate_per_minute = 6;

@@ -79,6 +79,11 @@ impl TestApp {
         }
     }
 
+    /// The RabbitMQ name prefix of this app (a second app on the same database shares it).
+    pub fn mq_prefix(&self) -> &str {
+        &self.mq_prefix
+    }
+
     /// A request to `path` (starting with `/api/v1`).
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client.request(method, format!("{}{path}", self.base))

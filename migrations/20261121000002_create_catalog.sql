@@ -15,8 +15,6 @@ CREATE TABLE venue (
     CONSTRAINT venue_seat_count_positive CHECK (seat_count > 0)
 );
 
--- Serves the venue list, newest first (UUID v7 keys sort by creation time).
-CREATE INDEX venue_city_idx ON venue (lower(city));
 
 CREATE TABLE section (
     section_id uuid PRIMARY KEY,
@@ -117,11 +115,12 @@ CREATE TABLE show (
     CONSTRAINT show_epoch_non_negative CHECK (writer_epoch >= 0)
 );
 
--- Serve "shows of an event" and the booking-workers' discovery of on-sale shows.
+-- Serves "shows of an event" and the search's date filter (EXISTS on event_id and starts_at).
 CREATE INDEX show_event_idx ON show (event_id, starts_at);
+-- Serves the foreign key to venue (a venue cannot be deleted while shows use it).
 CREATE INDEX show_venue_idx ON show (venue_id);
+-- Serves the discovery of live shows by the admission controller and the booking-workers.
 CREATE INDEX show_on_sale_idx ON show (on_sale_at) WHERE status IN ('scheduled', 'on_sale', 'sold_out');
-CREATE INDEX show_starts_at_idx ON show (starts_at);
 
 -- Price of one tier for one show.
 CREATE TABLE show_price (

@@ -79,7 +79,9 @@ CREATE INDEX booking_user_show_live_idx ON booking (show_id, app_user_id)
 CREATE INDEX booking_expiry_idx ON booking (show_id, expires_at)
     WHERE status IN ('held', 'payment_pending');
 
--- The sale state of one seat for one show. Created in bulk with the show.
+-- The sale state of one seat for one show. Created in bulk with the show. Partitioned by show
+-- (DESIGN.md "PostgreSQL"): a show's writer touches one partition, and a finished show's rows
+-- can be detached without touching anyone else's.
 CREATE TABLE show_seat (
     show_id    uuid    NOT NULL REFERENCES show (show_id) ON DELETE CASCADE,
     seat_id    uuid    NOT NULL REFERENCES seat (seat_id) ON DELETE RESTRICT,
@@ -102,7 +104,17 @@ CREATE TABLE show_seat (
     -- The booking is for this very show.
     CONSTRAINT show_seat_booking_same_show
         FOREIGN KEY (booking_id, show_id) REFERENCES booking (booking_id, show_id)
-);
+) PARTITION BY HASH (show_id);
+
+-- Sixteen partitions: enough to spread many shows, few enough to plan quickly.
+DO $$
+BEGIN
+    FOR i IN 0..15 LOOP
+        EXECUTE format(
+            'CREATE TABLE show_seat_p%s PARTITION OF show_seat FOR VALUES WITH (MODULUS 16, REMAINDER %s)', i, i);
+    END LOOP;
+END
+$$;
 
 -- Serves "seats of a booking" when a booking is confirmed, released or expired.
 CREATE INDEX show_seat_booking_idx ON show_seat (booking_id) WHERE booking_id IS NOT NULL;
@@ -120,13 +132,23 @@ CREATE TABLE booking_seat (
         FOREIGN KEY (booking_id, show_id) REFERENCES booking (booking_id, show_id) ON DELETE CASCADE,
     CONSTRAINT booking_seat_show_seat
         FOREIGN KEY (show_id, seat_id) REFERENCES show_seat (show_id, seat_id),
-    CONSTRAINT booking_seat_price_non_negative CHECK (price_cents >= 0)
+    CONSTRAINT booking_seat_price_non_negative CHECK (price_cents >= 0),
+    -- Target of the ticket's foreign key, which ties a ticket to its booking, show and seat at once.
+    CONSTRAINT booking_seat_booking_show_seat_unique UNIQUE (booking_id, show_id, seat_id)
 );
 
 -- At most one live booking per seat: the database refuses a second booking of a seat that is
 -- still held or sold, whatever the writer believes.
 CREATE UNIQUE INDEX booking_seat_one_live_booking
     ON booking_seat (show_id, seat_id) WHERE released_at IS NULL;
+
+-- A seat held or sold by a booking is one of that booking's seats: show_seat and booking_seat
+-- cannot tell different stories. Deferred to the commit, so the writer may order its
+-- statements freely inside a batch.
+ALTER TABLE show_seat
+    ADD CONSTRAINT show_seat_in_its_booking
+    FOREIGN KEY (booking_id, seat_id) REFERENCES booking_seat (booking_id, seat_id)
+    DEFERRABLE INITIALLY DEFERRED;
 
 -- The outcome of one HoldSeats command, keyed by its command id: a redelivered command is
 -- answered from here instead of being applied twice.

@@ -58,6 +58,7 @@ CREATE TABLE refund (
     CONSTRAINT refund_gateway_reference_unique UNIQUE (gateway_reference)
 );
 
+-- Serves "refunds of a payment" (the refunded total) and the foreign key.
 CREATE INDEX refund_payment_idx ON refund (payment_id);
 
 CREATE TABLE ticket (
@@ -75,15 +76,14 @@ CREATE TABLE ticket (
     -- Set when the booking is cancelled: the ticket no longer admits anyone.
     voided_at     timestamptz,
     CONSTRAINT ticket_code_unique UNIQUE (code),
-    -- A ticket is for a seat its booking holds.
+    -- A ticket is for a seat its booking holds, at that booking's show.
     CONSTRAINT ticket_booking_seat
-        FOREIGN KEY (booking_id, seat_id) REFERENCES booking_seat (booking_id, seat_id),
-    CONSTRAINT ticket_show_seat
-        FOREIGN KEY (show_id, seat_id) REFERENCES show_seat (show_id, seat_id)
+        FOREIGN KEY (booking_id, show_id, seat_id) REFERENCES booking_seat (booking_id, show_id, seat_id)
 );
 
 -- One valid ticket per seat of a show: a seat is never ticketed twice.
 CREATE UNIQUE INDEX ticket_one_valid_per_seat ON ticket (show_id, seat_id) WHERE voided_at IS NULL;
+-- Serves "tickets of a booking" (GET /bookings/{id}/tickets, voiding on cancel).
 CREATE INDEX ticket_booking_idx ON ticket (booking_id);
 
 -- Gateway webhook events already received. The primary key is the gateway's event id, so a
@@ -117,6 +117,7 @@ CREATE TABLE notification (
     CONSTRAINT notification_attempts_non_negative CHECK (attempts >= 0)
 );
 
+-- Serves "notifications of a booking" (the audit: one e-mail per confirmed booking).
 CREATE INDEX notification_booking_idx ON notification (booking_id);
 
 -- Events written in the same transaction as the state change they describe, published to

@@ -328,6 +328,12 @@ struct Live {
     publisher: Publisher,
 }
 
+impl Live {
+    fn is_up(&self) -> bool {
+        self.connection.status().connected() && self.publisher.channel().status().connected()
+    }
+}
+
 /// A process's link to RabbitMQ that survives broker restarts.
 ///
 /// A broker that stops closes its connections with `CONNECTION_FORCED`, which a client does
@@ -382,22 +388,25 @@ impl Broker {
             .clone()
     }
 
-    /// Whether a connection is up (readiness).
+    /// Whether the connection and its confirm channel are up (readiness). A channel closes on
+    /// its own after a channel-level error (a declaration the broker refuses, say), so both
+    /// are checked.
     pub fn is_connected(&self) -> bool {
-        self.current().is_some_and(|live| live.connection.status().connected())
+        self.current().is_some_and(|live| live.is_up())
     }
 
     /// The publisher of the current connection.
     pub fn publisher(&self) -> Result<Publisher, Unavailable> {
         match self.current() {
-            Some(live) if live.connection.status().connected() => Ok(live.publisher.clone()),
+            Some(live) if live.is_up() => Ok(live.publisher.clone()),
             _ => Err(Unavailable),
         }
     }
 
     /// Connects, opens the confirm channel and declares the shared topology, then makes the new
-    /// connection current.
+    /// connection current (closing what is left of the old one).
     async fn reconnect(&self) -> Result<(), lapin::Error> {
+        self.close().await;
         let connection = connect(&self.url, &self.process).await?;
         let publisher = Publisher::new(&connection, self.confirm_timeout).await?;
         self.topology.declare(publisher.channel()).await?;
@@ -407,7 +416,8 @@ impl Broker {
         Ok(())
     }
 
-    /// Watches the connection until `shutdown`, reconnecting whenever it is down.
+    /// Watches the connection until `shutdown`, reconnecting whenever it is down. It does not
+    /// close the connection: the process does, once its work has drained.
     pub fn spawn_supervisor(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let broker = Arc::clone(self);
         tokio::spawn(async move {
@@ -430,13 +440,14 @@ impl Broker {
                     }
                 }
             }
-            broker.close().await;
         })
     }
 
-    /// Closes the current connection (shutdown, or a test simulating a failure).
+    /// Closes the current connection: at the end of a drain (the supervisor stops at shutdown
+    /// but leaves the connection to requests still in flight), or in a test simulating a failure.
     pub async fn close(&self) {
         if let Some(live) = self.current()
+            && live.connection.status().connected()
             && let Err(err) = live.connection.close(200, "closing".into()).await
         {
             tracing::debug!(error = %err, "broker connection already closed");

@@ -177,6 +177,7 @@ async fn the_broker_handle_reconnects_and_redeclares_its_topology_after_losing_t
     topology.delete(publisher.channel(), &[show]).await.unwrap();
     shutdown.cancel();
     supervisor.await.unwrap();
+    broker.close().await;
 }
 
 #[tokio::test]

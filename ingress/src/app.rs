@@ -31,7 +31,7 @@ use crate::{
     domain::{Email, Role},
     error::{self, ApiError},
     metrics, routes,
-    store::users,
+    store::{sessions, users},
 };
 
 /// Request bodies above this size are refused with 413 (API.md "Conventions").
@@ -149,8 +149,9 @@ impl Application {
         let (api, admin) = tokio::join!(api, admin);
         api.context("API server failed")?;
         admin.context("admin server failed")?;
-        // The supervisor closes the broker connection once it sees the shutdown.
+        // In-flight requests have drained; only now let the broker connection go.
         broker.await.context("broker supervisor failed")?;
+        self.state.broker.close().await;
         tracing::info!("ingress stopped");
         Ok(())
     }
@@ -164,15 +165,19 @@ impl Application {
 async fn ensure_admin(pool: &PgPool, email: &str, password: &Secret) -> anyhow::Result<()> {
     let email = Email::parse(email).map_err(|err| anyhow::anyhow!("FLOODGATE_ADMIN_EMAIL: {err}"))?;
     if let Some(existing) = users::find_by_email(pool, email.as_str()).await? {
-        if existing.role != Role::Admin.as_str() {
+        let promote = existing.role != Role::Admin.as_str();
+        let reset = !password::verify(password.expose().to_owned(), Some(existing.password_hash)).await?;
+        if promote {
             users::set_role(pool, existing.app_user_id, Role::Admin.as_str()).await?;
-            tracing::info!(email = %email, "configured admin account promoted to admin");
         }
-        let current = password::verify(password.expose().to_owned(), Some(existing.password_hash)).await?;
-        if !current {
+        if reset {
             let hash = password::hash(password.expose().to_owned()).await?;
             users::set_password(pool, existing.app_user_id, &hash).await?;
-            tracing::info!(email = %email, "configured admin password applied");
+        }
+        if promote || reset {
+            // Whoever held this account's refresh tokens before must not inherit admin rights.
+            let revoked = sessions::revoke_all_for_user(pool, existing.app_user_id).await?;
+            tracing::info!(email = %email, promote, reset, revoked, "configured admin credentials applied");
         }
         return Ok(());
     }

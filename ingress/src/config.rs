@@ -32,8 +32,8 @@ pub struct IngressConfig {
     pub auth_rate_per_minute: u32,
     /// Burst allowance of the login/register limiter.
     pub auth_rate_burst: u32,
-    /// `TRUST_FORWARDED_FOR`: take the client address from `X-Forwarded-For` (only behind a
-    /// proxy that sets it; otherwise clients could pick their own rate-limit key).
+    /// `TRUST_FORWARDED_FOR`: take the client address from the last `X-Forwarded-For` entry
+    /// (only behind one proxy that appends it; otherwise clients could pick their own key).
     pub trust_forwarded_for: bool,
     /// `MIGRATE_ON_START` (default true): apply pending migrations before serving.
     pub migrate_on_start: bool,

@@ -256,7 +256,10 @@ impl From<JsonRejection> for ApiError {
             ),
             JsonRejection::JsonDataError(err) => Self::bad_request(
                 "invalid_body",
-                format!("The body does not match the expected shape: {}", err.body_text()),
+                format!(
+                    "The body does not match the expected shape: {}",
+                    without_type_names(&err.body_text())
+                ),
             ),
             JsonRejection::MissingJsonContentType(_) => {
                 Self::UnsupportedMediaType("Expected a body with `Content-Type: application/json`.".to_owned())
@@ -265,6 +268,34 @@ impl From<JsonRejection> for ApiError {
             other => Self::bad_request("invalid_body", other.body_text()),
         }
     }
+}
+
+/// serde names the Rust type it expected ("expected struct RegisterRequest"); clients get the
+/// shape instead, never an internal name.
+fn without_type_names(message: &str) -> String {
+    let message = message.replace("Failed to deserialize the JSON body into the target type: ", "");
+    let mut out = String::with_capacity(message.len());
+    let mut words = message.split(' ').peekable();
+    while let Some(word) = words.next() {
+        match word {
+            "struct" | "enum" => {
+                out.push_str(if word == "struct" {
+                    "an object"
+                } else {
+                    "one of the allowed values"
+                });
+                if let Some(name) = words.next() {
+                    // Keep punctuation that followed the type name ("RegisterRequest," -> ",").
+                    out.extend(name.chars().skip_while(|c| c.is_alphanumeric() || *c == '_'));
+                }
+            }
+            other => out.push_str(other),
+        }
+        if words.peek().is_some() {
+            out.push(' ');
+        }
+    }
+    out
 }
 
 /// A JSON request body whose rejections (syntax, shape, unknown fields, size, content type)
@@ -331,4 +362,22 @@ pub async fn no_route() -> ApiError {
 /// The fallback for a known path with an unsupported method.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_lose_their_rust_type_names() {
+        assert_eq!(
+            without_type_names("invalid type: sequence, expected struct RegisterRequest at line 1 column 1"),
+            "invalid type: sequence, expected an object at line 1 column 1"
+        );
+        assert_eq!(
+            without_type_names("role: unknown variant `x`, expected enum Role, or so"),
+            "role: unknown variant `x`, expected one of the allowed values, or so"
+        );
+        assert_eq!(without_type_names("missing field `email`"), "missing field `email`");
+    }
 }

@@ -8,12 +8,18 @@ use argon2::{
     password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash},
 };
 
+/// At most this many hashes run at once (each takes 19 MiB and a core for tens of milliseconds):
+/// a login flood queues here instead of exhausting memory through the blocking pool.
+const CONCURRENT_HASHES: usize = 8;
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_HASHES);
+
 /// A PHC hash of a password nobody knows, verified against when the account does not exist so
 /// that "unknown e-mail" and "wrong password" take the same time.
 static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Hashes `password` into a PHC string with a fresh random salt.
 pub async fn hash(password: String) -> anyhow::Result<String> {
+    let _permit = HASHING.acquire().await.context("hashing semaphore closed")?;
     tokio::task::spawn_blocking(move || hash_blocking(&password))
         .await
         .context("password hashing task failed")?
@@ -29,6 +35,7 @@ fn hash_blocking(password: &str) -> anyhow::Result<String> {
 /// Checks `password` against a stored PHC hash, or against a dummy hash when there is none.
 /// Returns false for a wrong password and for a missing account alike.
 pub async fn verify(password: String, stored: Option<String>) -> anyhow::Result<bool> {
+    let _permit = HASHING.acquire().await.context("hashing semaphore closed")?;
     tokio::task::spawn_blocking(move || {
         let exists = stored.is_some();
         let hash = match stored {

@@ -60,12 +60,16 @@ impl ClientLimiter {
 
     fn client_address(&self, parts: &Parts) -> IpAddr {
         if self.trust_forwarded_for {
+            // The rightmost entry is the one our proxy appended; everything left of it was
+            // written by the client and could name a fresh bucket on every attempt.
             let forwarded = parts
                 .headers
-                .get("x-forwarded-for")
+                .get_all("x-forwarded-for")
+                .iter()
+                .next_back()
                 .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.split(',').next())
-                .and_then(|first| first.trim().parse().ok());
+                .and_then(|value| value.rsplit(',').next())
+                .and_then(|last| last.trim().parse().ok());
             if let Some(address) = forwarded {
                 return address;
             }

@@ -146,16 +146,23 @@ pub async fn login(
     }
     let user = user.ok_or_else(invalid)?;
     let role = Role::parse(&user.role).ok_or_else(invalid)?;
-    issue_tokens(&state, user.app_user_id, role, Uuid::now_v7())
+    issue_tokens(&state.db, &state, user.app_user_id, role, Uuid::now_v7())
         .await
         .map(Json)
 }
 
-async fn issue_tokens(state: &AppState, user: UserId, role: Role, family: Uuid) -> Result<TokenResponse, ApiError> {
+/// Stores a new refresh token of `family` through `db` and returns it with an access token.
+async fn issue_tokens(
+    db: impl sqlx::PgExecutor<'_>,
+    state: &AppState,
+    user: UserId,
+    role: Role,
+    family: Uuid,
+) -> Result<TokenResponse, ApiError> {
     let refresh_token = tokens::new_refresh_token();
     let expires_at = OffsetDateTime::now_utc() + state.refresh_ttl;
     sessions::insert(
-        &state.db,
+        db,
         Uuid::now_v7(),
         user,
         family,
@@ -204,24 +211,9 @@ pub async fn refresh(
         .ok_or_else(invalid)?;
     let role = Role::parse(&user.role).ok_or_else(invalid)?;
     sessions::revoke(&mut *tx, session.session_id).await?;
-    let refresh_token = tokens::new_refresh_token();
-    let expires_at = OffsetDateTime::now_utc() + state.refresh_ttl;
-    sessions::insert(
-        &mut *tx,
-        Uuid::now_v7(),
-        user.app_user_id,
-        session.family_id,
-        &tokens::hash_refresh_token(&refresh_token),
-        expires_at,
-    )
-    .await?;
+    let issued = issue_tokens(&mut *tx, &state, user.app_user_id, role, session.family_id).await?;
     tx.commit().await?;
-    Ok(Json(TokenResponse {
-        access_token: state.tokens.issue(user.app_user_id, role)?,
-        refresh_token,
-        token_type: "Bearer",
-        expires_in: state.tokens.access_ttl().as_secs(),
-    }))
+    Ok(Json(issued))
 }
 
 /// Revokes a refresh token. Idempotent: an unknown or already revoked token is also 204.

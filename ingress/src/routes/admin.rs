@@ -25,6 +25,9 @@ use crate::{
     store::{events, shows, users, venues},
 };
 
+/// How long declaring a show's queue may take before show creation answers 503.
+const DECLARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The most seats one venue may have.
 pub const MAX_VENUE_SEATS: usize = 150_000;
 
@@ -371,15 +374,26 @@ pub async fn create_show(
         detail: "The message broker is unavailable; retry shortly.".to_owned(),
     };
     let publisher = state.broker.publisher().map_err(|_| broker_unavailable())?;
-    state
-        .broker
-        .topology()
-        .declare_show_queue(publisher.channel(), new.show_id)
-        .await
-        .map_err(|err| {
+    // Bounded: a stalled broker must not pin this transaction (and its connection) for long.
+    let declared = tokio::time::timeout(
+        DECLARE_TIMEOUT,
+        state
+            .broker
+            .topology()
+            .declare_show_queue(publisher.channel(), new.show_id),
+    )
+    .await;
+    match declared {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
             tracing::warn!(error = %err, show_id = %new.show_id, "cannot declare show queue");
-            broker_unavailable()
-        })?;
+            return Err(broker_unavailable());
+        }
+        Err(_) => {
+            tracing::warn!(show_id = %new.show_id, "show queue declaration timed out");
+            return Err(broker_unavailable());
+        }
+    }
     tx.commit().await?;
     tracing::info!(show_id = %new.show_id, seats, "show created");
     Ok((

@@ -367,7 +367,9 @@ impl ShowResponse {
 /// The waiting-room state as the schedule and sales imply it. (The admission controller keeps
 /// the live state in Redis once it runs; this is its PostgreSQL-derived equivalent.)
 fn waiting_room_state(show: &shows::ShowRow, now: OffsetDateTime) -> &'static str {
-    if show.sold_count >= show.capacity {
+    if matches!(show.status.as_str(), "ended" | "cancelled") {
+        "closed"
+    } else if show.status == "sold_out" {
         "sold_out"
     } else if now < show.prequeue_opens_at {
         "scheduled"

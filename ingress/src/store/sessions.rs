@@ -89,3 +89,13 @@ pub async fn revoke_by_hash(db: impl PgExecutor<'_>, token_hash: &[u8]) -> Resul
         .await
         .map(|done| done.rows_affected() > 0)
 }
+
+/// Revokes every live session of a user (credentials or role changed by the operator).
+#[tracing::instrument(skip(db))]
+pub async fn revoke_all_for_user(db: impl PgExecutor<'_>, user: UserId) -> Result<u64, sqlx::Error> {
+    sqlx::query("UPDATE session SET revoked_at = now() WHERE app_user_id = $1 AND revoked_at IS NULL")
+        .bind(user)
+        .execute(db)
+        .await
+        .map(|done| done.rows_affected())
+}

@@ -25,12 +25,16 @@ use tower_http::{
     trace::TraceLayer,
 };
 
+use waiting_room::{AdmissionTokens, WaitingRoom};
+
 use crate::{
     auth::{password, rate_limit::ClientLimiter, tokens::TokenKeys},
     config::IngressConfig,
     domain::{Email, Role},
     error::{self, ApiError},
-    metrics, routes,
+    metrics,
+    room::RoomHub,
+    routes,
     store::{sessions, users},
 };
 
@@ -53,6 +57,14 @@ pub struct AppState {
     pub auth_limiter: Arc<ClientLimiter>,
     /// RabbitMQ (show queues are declared when shows are created).
     pub broker: Arc<mq::Broker>,
+    /// Waiting rooms: operations, this instance's subscription and heartbeats.
+    pub hub: Arc<RoomHub>,
+    /// Signs and verifies admission tokens.
+    pub admission_tokens: Arc<AdmissionTokens>,
+    /// Origins allowed to open the waiting-room WebSocket.
+    pub ws_allowed_origins: Arc<[String]>,
+    /// Cancelled at shutdown: long-lived sockets close with "server restarting".
+    pub shutdown: CancellationToken,
 }
 
 /// A built, bound, not yet running ingress.
@@ -62,6 +74,7 @@ pub struct Application {
     router: Router,
     readiness: Readiness,
     state: AppState,
+    redis_url: String,
 }
 
 impl Application {
@@ -85,6 +98,11 @@ impl Application {
             CONFIRM_TIMEOUT,
         )
         .await;
+        let redis = waiting_room::room::connect(&config.common.redis_url)
+            .await
+            .context("invalid REDIS_URL")?;
+        let hub = RoomHub::new(WaitingRoom::new(redis, config.common.redis_key_prefix.clone()));
+        let admission_tokens = AdmissionTokens::from_key_list(config.admission_token_keys.expose())?;
         let state = AppState {
             db: pool.clone(),
             tokens: Arc::new(TokenKeys::new(
@@ -99,10 +117,19 @@ impl Application {
                 config.trust_forwarded_for,
             ),
             broker,
+            hub,
+            admission_tokens: Arc::new(admission_tokens),
+            ws_allowed_origins: config.ws_allowed_origins.clone().into(),
+            shutdown: CancellationToken::new(),
         };
+        let hub = Arc::clone(&state.hub);
         let readiness = Readiness::new()
             .with_postgres(pool)
-            .with_rabbitmq(Arc::clone(&state.broker));
+            .with_rabbitmq(Arc::clone(&state.broker))
+            .with_check("redis", move || {
+                let hub = Arc::clone(&hub);
+                async move { hub.rooms().ping().await.map_err(|err| err.to_string()) }
+            });
         let router = router(state.clone(), &config.cors_allowed_origins);
         let api_listener = TcpListener::bind(config.api_listen)
             .await
@@ -116,12 +143,18 @@ impl Application {
             router,
             readiness,
             state,
+            redis_url: config.common.redis_url.clone(),
         })
     }
 
     /// The public API address (useful with port 0 in tests).
     pub fn api_addr(&self) -> SocketAddr {
         self.api_listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The shared state (tests drive extractors with it).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
     }
 
     /// The admin address.
@@ -137,6 +170,14 @@ impl Application {
         tracing::info!(api = %self.api_addr(), admin = %self.admin_addr(), "ingress listening");
         self.state.auth_limiter.spawn_cleanup(shutdown.clone());
         let broker = self.state.broker.spawn_supervisor(shutdown.clone());
+        let hub = self.state.hub.spawn(self.redis_url.clone(), shutdown.clone());
+        // Sockets watch the state's token; tie it to the process's.
+        let sockets = self.state.shutdown.clone();
+        let watcher = shutdown.clone();
+        tokio::spawn(async move {
+            watcher.cancelled().await;
+            sockets.cancel();
+        });
         let api = axum::serve(
             self.api_listener,
             self.router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -151,6 +192,7 @@ impl Application {
         admin.context("admin server failed")?;
         // In-flight requests have drained; only now let the broker connection go.
         broker.await.context("broker supervisor failed")?;
+        hub.await.context("waiting-room hub failed")?;
         self.state.broker.close().await;
         tracing::info!("ingress stopped");
         Ok(())

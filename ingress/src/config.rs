@@ -37,6 +37,22 @@ pub struct IngressConfig {
     pub trust_forwarded_for: bool,
     /// `MIGRATE_ON_START` (default true): apply pending migrations before serving.
     pub migrate_on_start: bool,
+    /// `ADMISSION_TOKEN_KEYS`: `kid:secret[,kid:secret...]`, the first signs (shared with every
+    /// ingress replica).
+    pub admission_token_keys: Secret,
+    /// `WS_ALLOWED_ORIGINS` (default: the CORS origins): browser origins allowed to open the
+    /// waiting-room WebSocket.
+    pub ws_allowed_origins: Vec<String>,
+}
+
+/// The development admission key used when `ADMISSION_TOKEN_KEYS` is unset.
+const DEV_ADMISSION_KEYS: &str = "dev:floodgate-development-admission-key";
+
+fn origin_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(|origin| origin.trim().to_owned())
+        .filter(|origin| !origin.is_empty())
+        .collect()
 }
 
 impl IngressConfig {
@@ -46,6 +62,7 @@ impl IngressConfig {
         let previous = env_string("JWT_PREVIOUS_SECRET", "");
         let admin_email = env_string("FLOODGATE_ADMIN_EMAIL", "");
         let admin_password = env_string("FLOODGATE_ADMIN_PASSWORD", "");
+        let cors = env_string("CORS_ALLOWED_ORIGINS", "http://127.0.0.1:8080,http://localhost:8080");
         Ok(Self {
             common,
             api_listen: env_or("API_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
@@ -55,11 +72,9 @@ impl IngressConfig {
             refresh_token_ttl: Duration::from_secs(env_or("REFRESH_TOKEN_TTL_SECONDS", 30 * 86_400)?),
             bootstrap_admin: (!admin_email.is_empty() && !admin_password.is_empty())
                 .then(|| (admin_email, Secret::new(admin_password))),
-            cors_allowed_origins: env_string("CORS_ALLOWED_ORIGINS", "http://127.0.0.1:8080,http://localhost:8080")
-                .split(',')
-                .map(|origin| origin.trim().to_owned())
-                .filter(|origin| !origin.is_empty())
-                .collect(),
+            cors_allowed_origins: origin_list(&cors),
+            ws_allowed_origins: origin_list(&env_string("WS_ALLOWED_ORIGINS", &cors)),
+            admission_token_keys: Secret::new(env_string("ADMISSION_TOKEN_KEYS", DEV_ADMISSION_KEYS)),
             auth_rate_per_minute: env_or("AUTH_RATE_PER_MINUTE", 30)?,
             auth_rate_burst: env_or("AUTH_RATE_BURST", 10)?,
             trust_forwarded_for: env_or("TRUST_FORWARDED_FOR", false)?,
@@ -67,8 +82,8 @@ impl IngressConfig {
         })
     }
 
-    /// True when the built-in development secret is in use.
+    /// True when a built-in development secret is in use.
     pub fn uses_development_secret(&self) -> bool {
-        self.jwt_secret.expose() == DEV_JWT_SECRET
+        self.jwt_secret.expose() == DEV_JWT_SECRET || self.admission_token_keys.expose() == DEV_ADMISSION_KEYS
     }
 }

@@ -8,6 +8,7 @@
 //! - [`domain`]: request values parsed into domain types.
 //! - [`store`]: the SQL, one statement per function.
 //! - [`error`]: problem+json errors and the extractors that produce them.
+//! - [`room`]: this instance's waiting-room subscriptions and batched heartbeats.
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod app;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod metrics;
+pub mod room;
 pub mod routes;
 pub mod store;
 

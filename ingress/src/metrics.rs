@@ -3,7 +3,10 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use prometheus::{HistogramVec, IntCounterVec, register_histogram_vec, register_int_counter_vec};
+use prometheus::{
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, register_histogram, register_histogram_vec,
+    register_int_counter, register_int_counter_vec, register_int_gauge,
+};
 
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -32,4 +35,44 @@ pub fn observe_request(method: &str, route: &str, status: u16, elapsed: Duration
     DURATION
         .with_label_values(&[method, route])
         .observe(elapsed.as_secs_f64());
+}
+
+static WS_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "floodgate_ws_connections",
+        "Open waiting-room WebSockets on this instance."
+    )
+    .expect("metric registers once")
+});
+
+static WS_FANOUT: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "floodgate_ws_fanout_seconds",
+        "From a serving-number update reaching this instance to a fan's socket having been told.",
+        vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0]
+    )
+    .expect("metric registers once")
+});
+
+static QUEUE_JOINS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "floodgate_queue_joins_total",
+        "New places given in waiting rooms by this instance."
+    )
+    .expect("metric registers once")
+});
+
+/// A WebSocket opened (+1) or closed (-1).
+pub fn ws_connected(delta: i64) {
+    WS_CONNECTIONS.add(delta);
+}
+
+/// One fan told about an update, `elapsed` after it arrived.
+pub fn ws_fanout(elapsed: Duration) {
+    WS_FANOUT.observe(elapsed.as_secs_f64());
+}
+
+/// A new place in a waiting room.
+pub fn queue_join() {
+    QUEUE_JOINS.inc();
 }

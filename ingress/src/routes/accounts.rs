@@ -219,7 +219,7 @@ pub async fn refresh(
 /// Revokes a refresh token. Idempotent: an unknown or already revoked token is also 204.
 /// (Access tokens are short-lived and simply expire.)
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "accounts", request_body = RefreshRequest,
-    responses((status = 204, description = "Revoked")))]
+    responses((status = 204, description = "Revoked"), (status = 400, description = "Malformed body", body = Problem)))]
 pub async fn logout(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RefreshRequest>,

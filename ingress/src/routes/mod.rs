@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod admin;
 pub mod catalog;
 mod pagination;
+pub mod queue;
 
 use utoipa::{
     Modify, OpenApi,
@@ -26,6 +27,7 @@ use crate::app::AppState;
         (name = "accounts", description = "Registration, login, tokens"),
         (name = "catalog", description = "Public reads: events, venues, shows, seat maps"),
         (name = "admin", description = "Organizer and admin calls"),
+        (name = "waiting room", description = "Queue places, live positions, admission"),
     )
 )]
 struct ApiDoc;
@@ -69,4 +71,6 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::update_waiting_room))
         .routes(routes!(admin::show_stats))
         .routes(routes!(admin::set_user_role))
+        .routes(routes!(queue::join, queue::status, queue::leave))
+        .routes(routes!(queue::websocket))
 }

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The secret test apps sign tokens with (tests forge tokens with it too).
 pub const JWT_SECRET: &str = "test-secret-for-floodgate-ingress-tests";
+/// The admission keys of test apps.
+pub const ADMISSION_KEYS: &str = "t1:test-admission-secret-0123456789";
 /// The admin every test app creates at start-up.
 pub const ADMIN_EMAIL: &str = "admin@floodgate.test";
 /// Its password.
@@ -26,7 +28,10 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The test database (dropped last).
     pub db: TestDatabase,
+    /// The app's state (to drive extractors directly).
+    pub state: ingress::app::AppState,
     mq_prefix: String,
+    redis_prefix: String,
     shutdown: CancellationToken,
 }
 
@@ -35,6 +40,9 @@ pub fn test_config(database_url: &str, mq_prefix: &str) -> IngressConfig {
     let mut config = IngressConfig::from_env().expect("default configuration is valid");
     config.common.database_url = database_url.to_owned();
     config.common.mq_prefix = mq_prefix.to_owned();
+    config.common.redis_key_prefix = mq_prefix.to_owned();
+    config.admission_token_keys = common::config::Secret::new(ADMISSION_KEYS);
+    config.ws_allowed_origins = vec!["https://tickets.example".to_owned()];
     config.common.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.api_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.jwt_secret = common::config::Secret::new(JWT_SECRET);
@@ -59,7 +67,9 @@ impl TestApp {
         let mq_prefix = format!("test-{}.", uuid::Uuid::new_v4().simple());
         let mut config = test_config(db.url(), &mq_prefix);
         adjust(&mut config);
+        let redis_prefix = config.common.redis_key_prefix.clone();
         let app = Application::build(config).await.expect("ingress builds");
+        let state = app.state();
         let base = format!("http://{}", app.api_addr());
         let admin_base = format!("http://{}", app.admin_addr());
         let shutdown = CancellationToken::new();
@@ -74,9 +84,16 @@ impl TestApp {
             admin_base,
             client,
             db,
+            state,
             mq_prefix,
+            redis_prefix,
             shutdown,
         }
+    }
+
+    /// The Redis key prefix of this app.
+    pub fn redis_prefix(&self) -> &str {
+        &self.redis_prefix
     }
 
     /// The RabbitMQ name prefix of this app (a second app on the same database shares it).
@@ -300,5 +317,22 @@ impl Drop for TestApp {
             });
         });
         let _ = cleanup.join();
+        delete_redis_keys(&self.redis_prefix);
+    }
+}
+
+/// Deletes every Redis key starting with `prefix` (blocking: called from `Drop`).
+pub fn delete_redis_keys(prefix: &str) {
+    let url = common::config::env_string("REDIS_URL", common::config::defaults::REDIS_URL);
+    if let Ok(client) = redis::Client::open(url)
+        && let Ok(mut connection) = client.get_connection()
+    {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query(&mut connection)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut connection);
+        }
     }
 }

@@ -7,3 +7,4 @@ mod helpers;
 mod hygiene;
 mod openapi;
 mod operations;
+mod queue;

@@ -98,7 +98,7 @@ impl Readiness {
 
 /// The admin router: `/healthz`, `/readyz`, `/metrics`.
 pub fn router(readiness: Readiness) -> Router {
-    register_process_metrics();
+    register_build_info();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -143,15 +143,11 @@ async fn metrics() -> Response {
     }
 }
 
-/// Registers the process collector (CPU, memory, open files) and a build-info gauge once per
-/// process in the default registry.
-fn register_process_metrics() {
+/// Registers a build-info gauge once per process. (CPU, memory and open-file metrics come with
+/// the default registry itself: prometheus' `process` feature registers that collector.)
+fn register_build_info() {
     static REGISTERED: OnceLock<()> = OnceLock::new();
     REGISTERED.get_or_init(|| {
-        #[cfg(target_os = "linux")]
-        if let Err(err) = prometheus::register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
-            tracing::warn!(error = %err, "process metrics unavailable");
-        }
         let info = prometheus::IntGaugeVec::new(
             prometheus::Opts::new("floodgate_build_info", "Build information; always 1."),
             &["version"],

@@ -176,7 +176,6 @@ impl Controller {
             });
         }
 
-        let seed = self.seed(&keys).await?;
         let current: Option<String> = redis.hget(&keys.cfg, "state").await?;
         let desired = desired_state(show, current.as_deref(), now_ms);
         redis::pipe()
@@ -198,10 +197,16 @@ impl Controller {
                 // pre-queue so the state machine stays one path.
                 let _: () = redis.hset(&keys.cfg, "state", "prequeue").await?;
             }
+            let seed = self.seed(&keys).await?;
             self.open(&keys, &seed).await?;
-        } else if current.as_deref() != Some(desired) {
-            let _: () = redis.hset(&keys.cfg, "state", desired).await?;
-            tracing::info!(from = ?current, to = desired, "room state changed");
+        } else {
+            if matches!(desired, "scheduled" | "prequeue") {
+                self.seed(&keys).await?;
+            }
+            if current.as_deref() != Some(desired) {
+                let _: () = redis.hset(&keys.cfg, "state", desired).await?;
+                tracing::info!(from = ?current, to = desired, "room state changed");
+            }
         }
 
         let state: String = redis.hget(&keys.cfg, "state").await?;
@@ -285,15 +290,17 @@ impl Controller {
         })
     }
 
-    /// The show's seed: drawn once (the first replica to get there wins) with its commitment
-    /// published in the room's state before the sale.
+    /// The show's seed: drawn once (the first replica to get there wins), its commitment
+    /// published in the room's state before the sale. The commitment is rewritten from the
+    /// stored seed on every tick before the sale, so the two always agree, even if a Redis crash
+    /// lost a freshly drawn seed (then a new one is drawn and committed to, visibly).
     async fn seed(&self, keys: &Keys) -> Result<Seed, Unavailable> {
         let mut redis = self.redis.clone();
         let candidate = Seed::random();
         let _: bool = redis.set_nx(&keys.seed, candidate.to_hex()).await?;
         let stored: String = redis.get(&keys.seed).await?;
         let seed = Seed::from_hex(&stored).unwrap_or(candidate);
-        let _: bool = redis.hset_nx(&keys.cfg, "seed_sha256", seed.commitment()).await?;
+        let _: () = redis.hset(&keys.cfg, "seed_sha256", seed.commitment()).await?;
         Ok(seed)
     }
 

@@ -143,11 +143,12 @@ impl WaitingRoom {
     pub async fn join(&self, show: ShowId, user: UserId) -> Result<(Place, bool), Unavailable> {
         let keys = self.keys(show);
         let mut redis = self.redis.clone();
-        let (state, _number, new): (String, u64, u64) = JOIN
+        let (state, number, serving, deadline, rate, new): (String, u64, u64, u64, u64, u64) = JOIN
             .key(&keys.cfg)
             .key(&keys.pre)
             .key(&keys.queue)
             .key(&keys.seq)
+            .key(&keys.serving)
             .key(&keys.active)
             .key(&keys.admitted)
             .key(&keys.heartbeat)
@@ -155,11 +156,7 @@ impl WaitingRoom {
             .arg(now_ms())
             .invoke_async(&mut redis)
             .await?;
-        let place = match state.as_str() {
-            // The status read fills in serving, rate and deadline.
-            "waiting" | "admitted" => self.status(show, user).await?,
-            other => Place::from_script(other, 0, 0, 0, 0),
-        };
+        let place = Place::from_script(&state, number, serving, deadline, rate);
         Ok((place, new == 1))
     }
 

@@ -30,6 +30,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
+            // Every WebSocket is a file: take all the descriptors the hard limit allows.
+            match rlimit::increase_nofile_limit(u64::MAX) {
+                Ok(limit) => tracing::info!(open_files = limit, "file descriptor limit"),
+                Err(err) => tracing::warn!(error = %err, "cannot raise the file descriptor limit"),
+            }
             let shutdown = common::shutdown::on_signal();
             let app = Application::build(config).await?;
             app.run_until_stopped(shutdown).await

@@ -34,9 +34,9 @@ use crate::{
 /// `loadgen queue` options.
 #[derive(Debug, clap::Args)]
 pub struct QueueArgs {
-    /// The API's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    api: String,
+    /// The API's base URL; several (comma-separated) spread the fans over ingress replicas.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    api: Vec<String>,
     /// Fans to run.
     #[arg(long)]
     users: usize,
@@ -64,9 +64,9 @@ pub struct QueueArgs {
     /// Seconds to keep the sockets open once everyone has joined.
     #[arg(long, default_value_t = 20)]
     hold_seconds: u64,
-    /// The ingress process to measure memory of (default: `.run/ingress.pid`).
-    #[arg(long)]
-    ingress_pid: Option<u32>,
+    /// The ingress processes to measure memory of (default: `.run/ingress.pid`).
+    #[arg(long, value_delimiter = ',')]
+    ingress_pid: Vec<u32>,
     /// Where to write the JSON result.
     #[arg(long, default_value = "loadgen-queue.json")]
     out: PathBuf,
@@ -141,11 +141,17 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     // Sockets are files: take every descriptor the hard limit allows.
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
     tracing::info!(open_files = limit, "file descriptor limit");
-    let ingress_pid = args.ingress_pid.or_else(|| {
+    let ingress_pids: Vec<u32> = if args.ingress_pid.is_empty() {
         std::fs::read_to_string(".run/ingress.pid")
             .ok()
             .and_then(|pid| pid.trim().parse().ok())
-    });
+            .into_iter()
+            .collect()
+    } else {
+        args.ingress_pid.clone()
+    };
+    let rss = || -> Option<u64> { ingress_pids.iter().map(|pid| resident_bytes(*pid)).sum() };
+    let api_of = |index: usize| args.api[index % args.api.len()].as_str();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
@@ -154,7 +160,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let progress = bar(args.users, "login");
     let fans = fans::log_in(
         &client,
-        &args.api,
+        api_of(0),
         args.first_fan,
         args.users,
         args.concurrency,
@@ -188,14 +194,13 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         })
     };
 
-    // Join over HTTP.
-    let join_url = Arc::new(format!("{}/api/v1/shows/{}/queue", args.api, args.show));
+    // Join over HTTP, each fan through the ingress that will hold its socket.
     let progress = bar(fans.len(), "join");
     let started = Instant::now();
     let joins: Vec<(Option<u64>, Duration)> = futures::stream::iter(fans.iter().cloned())
         .map(|fan| {
             let client = client.clone();
-            let url = Arc::clone(&join_url);
+            let url = Arc::new(format!("{}/api/v1/shows/{}/queue", api_of(fan.index), args.show));
             async move {
                 let begun = Instant::now();
                 let number = match client.post(url.as_str()).bearer_auth(&fan.access_token).send().await {
@@ -222,16 +227,22 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let joined = joins.iter().filter(|(number, _)| number.is_some()).count();
 
     // Hold one WebSocket per fan.
-    let rss_before = ingress_pid.and_then(resident_bytes);
-    let host: SocketAddr = tokio::net::lookup_host(args.api.trim_start_matches("http://"))
-        .await?
-        .next()
-        .context("cannot resolve the API host")?;
-    let ws_base = format!(
-        "{}/api/v1/shows/{}/queue/ws",
-        args.api.replace("http://", "ws://"),
-        args.show
-    );
+    let rss_before = rss();
+    let mut hosts = Vec::new();
+    for api in &args.api {
+        let host: SocketAddr = tokio::net::lookup_host(api.trim_start_matches("http://"))
+            .await?
+            .next()
+            .context("cannot resolve the API host")?;
+        hosts.push((
+            host,
+            format!(
+                "{}/api/v1/shows/{}/queue/ws",
+                api.replace("http://", "ws://"),
+                args.show
+            ),
+        ));
+    }
     let deadline = Arc::new(tokio::sync::Notify::new());
     let stats = Arc::new(Mutex::new(FanStats::default()));
     let progress = bar(fans.len(), "connect");
@@ -239,7 +250,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::with_capacity(fans.len());
     let connects = futures::stream::iter(fans.iter().zip(&joins))
         .map(|(fan, (number, _))| {
-            let url = ws_base.clone();
+            let (host, url) = hosts[fan.index % hosts.len()].clone();
             let source = Ipv4Addr::new(127, 0, 0, 1 + (fan.index % usize::from(args.sources.max(1))) as u8);
             let token = fan.access_token.clone();
             let number = *number;
@@ -267,7 +278,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     progress.finish();
     // Let the sockets settle, then weigh ingress.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_holding = ingress_pid.and_then(resident_bytes);
+    let rss_holding = rss();
     tracing::info!(open, hold = args.hold_seconds, "holding the sockets");
     tokio::time::sleep(Duration::from_secs(args.hold_seconds)).await;
     let ended = Instant::now();
@@ -336,6 +347,17 @@ async fn connect(host: SocketAddr, source: Ipv4Addr, url: &str, token: &str) -> 
     Ok(socket)
 }
 
+/// What one fan heard: raw samples, merged into the shared histograms at the end (a histogram
+/// per fan would cost ~100 KB each, gigabytes for a crowd).
+#[derive(Default)]
+struct Heard {
+    position_latency: Vec<Duration>,
+    admission_lag: Vec<Duration>,
+    admitted: Vec<u64>,
+    messages: u64,
+    errors: u64,
+}
+
 /// One fan's socket until the deadline: measures what it hears.
 async fn hold(
     mut socket: Socket,
@@ -344,7 +366,7 @@ async fn hold(
     stats: Arc<Mutex<FanStats>>,
     deadline: Arc<tokio::sync::Notify>,
 ) {
-    let mut local = FanStats::default();
+    let mut local = Heard::default();
     let stop = deadline.notified();
     futures::pin_mut!(stop);
     loop {
@@ -365,7 +387,7 @@ async fn hold(
                         let serving = body["serving"].as_u64().unwrap_or(0);
                         let seen = served.lock().expect("not poisoned").seen.get(&serving).copied();
                         if let Some(seen) = seen {
-                            local.position_latency.record(now.saturating_duration_since(seen));
+                            local.position_latency.push(now.saturating_duration_since(seen));
                         }
                     }
                     Some("admitted") => {
@@ -373,7 +395,7 @@ async fn hold(
                             local.admitted.push(number);
                             let reached = served.lock().expect("not poisoned").reached(number);
                             if let Some(reached) = reached {
-                                local.admission_lag.record(now.saturating_duration_since(reached));
+                                local.admission_lag.push(now.saturating_duration_since(reached));
                             }
                         }
                     }
@@ -385,8 +407,12 @@ async fn hold(
     }
     let _ = socket.close(None).await;
     let mut shared = stats.lock().expect("not poisoned");
-    shared.position_latency.merge(&local.position_latency);
-    shared.admission_lag.merge(&local.admission_lag);
+    for sample in local.position_latency {
+        shared.position_latency.record(sample);
+    }
+    for sample in local.admission_lag {
+        shared.admission_lag.record(sample);
+    }
     shared.admitted.extend(local.admitted);
     shared.messages += local.messages;
     shared.errors += local.errors;

@@ -38,11 +38,6 @@ impl Latency {
         self.0.saturating_record(micros);
     }
 
-    /// Adds another histogram's samples.
-    pub fn merge(&mut self, other: &Self) {
-        let _ = self.0.add(&other.0);
-    }
-
     /// The percentiles.
     pub fn summary(&self) -> Summary {
         let ms = |micros: u64| micros as f64 / 1000.0;

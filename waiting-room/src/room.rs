@@ -114,7 +114,8 @@ pub struct WaitingRoom {
     prefix: String,
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock time in Unix milliseconds, the unit of every time stored in a room.
+pub fn now_ms() -> u64 {
     u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 

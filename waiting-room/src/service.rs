@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     WaitingRoom,
     controller::{Controller, ControllerConfig},
-    room, store,
+    room::{self, now_ms},
+    store,
 };
 
 /// Settings of the `waiting-room` process.
@@ -40,10 +41,6 @@ impl ServiceConfig {
             },
         })
     }
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 /// Runs the controller until `shutdown`: one tick over every live show per tick interval.

@@ -169,14 +169,6 @@ fn forge(claims: Value, secret: &str, kid: Option<&str>) -> String {
     encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
 }
 
-fn kid(secret: &str) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(secret.as_bytes())[..8]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
 #[tokio::test]
 async fn tampered_expired_alg_none_and_wrong_audience_tokens_are_401() {
     let app = TestApp::spawn().await;
@@ -192,7 +184,7 @@ async fn tampered_expired_alg_none_and_wrong_audience_tokens_are_401() {
         json!({"sub": me["user_id"], "role": "admin", "iss": "floodgate", "aud": aud,
                "iat": now - 1000, "exp": exp, "jti": uuid::Uuid::new_v4()})
     };
-    let own_kid = kid(JWT_SECRET);
+    let own_kid = crate::helpers::access_kid();
 
     // A well-formed token with our key works (control), so the refusals below are meaningful.
     let control = forge(claims("floodgate-api", now + 600), JWT_SECRET, Some(&own_kid));

@@ -336,3 +336,12 @@ pub fn delete_redis_keys(prefix: &str) {
         }
     }
 }
+
+/// The `kid` ingress puts on access tokens signed with [`JWT_SECRET`] (tests forge tokens).
+pub fn access_kid() -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(JWT_SECRET.as_bytes())[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}

@@ -320,7 +320,7 @@ async fn a_websocket_fan_hears_positions_then_admitted_and_bad_handshakes_and_fr
     let expired = jsonwebtoken::encode(
         &{
             let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-            header.kid = Some(ingress_kid());
+            header.kid = Some(crate::helpers::access_kid());
             header
         },
         &json!({"sub": me["user_id"], "role": "customer", "iss": "floodgate", "aud": "floodgate-api",
@@ -329,14 +329,6 @@ async fn a_websocket_fan_hears_positions_then_admitted_and_bad_handshakes_and_fr
     )
     .unwrap();
     assert_eq!(handshake_status(connect(&app, &show, Some(&expired), None).await), 401);
-}
-
-fn ingress_kid() -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(JWT_SECRET.as_bytes())[..8]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }
 
 /// A private redis-server on a free port, so stopping it disturbs no other test.

@@ -7,11 +7,13 @@
 //! - [`mq`]: RabbitMQ connection, exchanges and queues, publishing with confirms.
 //! - [`contracts`]: the message envelope and the messages processes exchange.
 //! - [`ids`]: typed identifiers (`ShowId`, `SeatId`, ...).
+//! - [`availability`]: the per-show seat availability snapshot in Redis.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on each process's admin port.
 //! - [`shutdown`]: SIGTERM/SIGINT turned into a cancellation token.
 //! - `testing` (feature): a fresh database per test.
 
 pub mod admin;
+pub mod availability;
 pub mod config;
 pub mod contracts;
 pub mod db;

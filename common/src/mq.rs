@@ -53,6 +53,11 @@ impl Topology {
         Self { prefix: prefix.into() }
     }
 
+    /// The prefix of every name.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn name(&self, base: &str) -> String {
         format!("{}{base}", self.prefix)
     }
@@ -285,7 +290,7 @@ impl Publisher {
         .await
     }
 
-    /// Publishes an already encoded envelope (the outbox relay stores them encoded).
+    /// Publishes an already encoded command: it must reach a queue, or the publish fails.
     pub async fn publish_raw(
         &self,
         exchange: &str,
@@ -294,6 +299,31 @@ impl Publisher {
         kind: &str,
         body: &[u8],
     ) -> Result<(), PublishError> {
+        self.send(exchange, routing_key, message_id, kind, body, true).await
+    }
+
+    /// Publishes an already encoded event (the outbox relay stores them encoded) on the topic
+    /// exchange. A fact with no subscriber yet is not an error: whoever cares binds a queue.
+    pub async fn broadcast_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message_id: &str,
+        kind: &str,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        self.send(exchange, routing_key, message_id, kind, body, false).await
+    }
+
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message_id: &str,
+        kind: &str,
+        body: &[u8],
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2) // persistent: survives a broker restart
@@ -301,7 +331,7 @@ impl Publisher {
             .with_type(kind.into());
         // `mandatory` makes an unroutable message come back instead of vanishing.
         let options = BasicPublishOptions {
-            mandatory: true,
+            mandatory,
             ..Default::default()
         };
         let confirm = self
@@ -400,6 +430,15 @@ impl Broker {
         match self.current() {
             Some(live) if live.is_up() => Ok(live.publisher.clone()),
             _ => Err(Unavailable),
+        }
+    }
+
+    /// Opens a new channel on the current connection (a consumer's own channel: its prefetch
+    /// and its unacked deliveries are its own, and closing it requeues only those).
+    pub async fn channel(&self) -> Result<Channel, PublishError> {
+        match self.current() {
+            Some(live) if live.is_up() => Ok(live.connection.create_channel().await?),
+            _ => Err(PublishError::Unavailable(Unavailable)),
         }
     }
 

@@ -65,6 +65,8 @@ pub struct AppState {
     pub ws_allowed_origins: Arc<[String]>,
     /// Cancelled at shutdown: long-lived sockets close with "server restarting".
     pub shutdown: CancellationToken,
+    /// Hold requests: results from the writers, show terms, request bookkeeping.
+    pub holds: Arc<routes::holds::HoldsContext>,
 }
 
 /// A built, bound, not yet running ingress.
@@ -101,6 +103,10 @@ impl Application {
         let redis = waiting_room::room::connect(&config.common.redis_url)
             .await
             .context("invalid REDIS_URL")?;
+        let holds = Arc::new(routes::holds::HoldsContext::new(
+            redis.clone(),
+            config.common.redis_key_prefix.clone(),
+        ));
         let hub = RoomHub::new(WaitingRoom::new(redis, config.common.redis_key_prefix.clone()));
         let admission_tokens = AdmissionTokens::from_key_list(config.admission_token_keys.expose())?;
         let state = AppState {
@@ -121,11 +127,25 @@ impl Application {
             admission_tokens: Arc::new(admission_tokens),
             ws_allowed_origins: config.ws_allowed_origins.clone().into(),
             shutdown: CancellationToken::new(),
+            holds,
         };
         let hub = Arc::clone(&state.hub);
         let readiness = Readiness::new()
             .with_postgres(pool)
             .with_rabbitmq(Arc::clone(&state.broker))
+            .with_check("hold_results", {
+                let results = Arc::clone(&state.holds.results);
+                move || {
+                    let consuming = results.is_consuming();
+                    async move {
+                        if consuming {
+                            Ok(())
+                        } else {
+                            Err("not consuming hold results yet".to_owned())
+                        }
+                    }
+                }
+            })
             .with_check("redis", move || {
                 let hub = Arc::clone(&hub);
                 async move { hub.rooms().ping().await.map_err(|err| err.to_string()) }
@@ -171,6 +191,8 @@ impl Application {
         self.state.auth_limiter.spawn_cleanup(shutdown.clone());
         let broker = self.state.broker.spawn_supervisor(shutdown.clone());
         let hub = self.state.hub.spawn(self.redis_url.clone(), shutdown.clone());
+        let results =
+            tokio::spawn(Arc::clone(&self.state.holds.results).run(Arc::clone(&self.state.broker), shutdown.clone()));
         // Sockets watch the state's token; tie it to the process's.
         let sockets = self.state.shutdown.clone();
         let watcher = shutdown.clone();
@@ -193,6 +215,7 @@ impl Application {
         // In-flight requests have drained; only now let the broker connection go.
         broker.await.context("broker supervisor failed")?;
         hub.await.context("waiting-room hub failed")?;
+        results.await.context("hold results consumer failed")?;
         self.state.broker.close().await;
         tracing::info!("ingress stopped");
         Ok(())

@@ -231,6 +231,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A problem+json response with extra members (e.g. `unavailable_seat_ids` on a 409), for
+/// answers that are not an [`ApiError`] because they carry data.
+pub fn problem_response(
+    status: StatusCode,
+    code: &str,
+    detail: &str,
+    extra: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Response {
+    let mut problem = serde_json::Map::new();
+    problem.insert("type".into(), format!("urn:floodgate:problem:{code}").into());
+    problem.insert("title".into(), status.canonical_reason().unwrap_or("Error").into());
+    problem.insert("status".into(), status.as_u16().into());
+    problem.insert("detail".into(), detail.into());
+    problem.insert("code".into(), code.into());
+    extra(&mut problem);
+    let mut response = (status, Json(problem)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         match err {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod metrics;
+pub mod results;
 pub mod room;
 pub mod routes;
 pub mod store;

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod catalog;
+pub mod holds;
 mod pagination;
 pub mod queue;
 
@@ -28,6 +29,7 @@ use crate::app::AppState;
         (name = "catalog", description = "Public reads: events, venues, shows, seat maps"),
         (name = "admin", description = "Organizer and admin calls"),
         (name = "waiting room", description = "Queue places, live positions, admission"),
+        (name = "holds", description = "Hold requests and bookings of admitted fans"),
     )
 )]
 struct ApiDoc;
@@ -73,4 +75,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::set_user_role))
         .routes(routes!(queue::join, queue::status, queue::leave))
         .routes(routes!(queue::websocket))
+        .routes(routes!(holds::create_hold))
+        .routes(routes!(holds::hold_request))
+        .routes(routes!(holds::get_booking, holds::release_booking))
 }

@@ -61,6 +61,27 @@ impl TestApp {
         Self::spawn_with(|_| {}).await
     }
 
+    /// Polls `/readyz` until it answers 200 (at most 10 s); returns its body.
+    pub async fn wait_until_ready(&self) -> serde_json::Value {
+        let mut last = None;
+        for _ in 0..100 {
+            let response = self
+                .client
+                .get(format!("{}/readyz", self.admin_base))
+                .send()
+                .await
+                .unwrap();
+            let ok = response.status() == reqwest::StatusCode::OK;
+            let body: serde_json::Value = response.json().await.unwrap();
+            if ok {
+                return body;
+            }
+            last = Some(body);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("not ready after 10 s: {last:?}");
+    }
+
     /// An app whose configuration `adjust` may change.
     pub async fn spawn_with(adjust: impl FnOnce(&mut IngressConfig)) -> Self {
         let db = TestDatabase::create().await;

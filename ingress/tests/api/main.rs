@@ -4,6 +4,7 @@
 mod accounts;
 mod catalog;
 mod helpers;
+mod holds;
 mod hygiene;
 mod openapi;
 mod operations;

@@ -32,6 +32,10 @@ const EXPECTED: &[(&str, &str)] = &[
     ("get", "/api/v1/shows/{show_id}/queue"),
     ("delete", "/api/v1/shows/{show_id}/queue"),
     ("get", "/api/v1/shows/{show_id}/queue/ws"),
+    ("post", "/api/v1/shows/{show_id}/holds"),
+    ("get", "/api/v1/hold-requests/{request_id}"),
+    ("get", "/api/v1/bookings/{booking_id}"),
+    ("delete", "/api/v1/bookings/{booking_id}"),
 ];
 
 #[tokio::test]

@@ -17,14 +17,9 @@ async fn health_readiness_and_metrics_answer_on_the_admin_port_not_the_public_on
         .await
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.admin_base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::OK);
-    let ready: Value = ready.json().await.unwrap();
+    // Ready once every dependency answers and the hold-results queue is consumed (a moment
+    // after start).
+    let ready = app.wait_until_ready().await;
     assert_eq!(ready["checks"]["postgres"], "ok");
     assert_eq!(ready["checks"]["rabbitmq"], "ok");
 

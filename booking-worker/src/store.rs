@@ -1,0 +1,510 @@
+//! SQL of the booking-worker, the single writer of `show_seat`, `booking`, `booking_seat`,
+//! `hold_request`, `processed_command` and (for its events) `outbox`.
+//!
+//! A batch is written with one statement per table, each taking whole columns as arrays
+//! (`UNNEST`), never a statement per seat: a 200-command batch is about ten round trips whatever
+//! the number of seats it touches.
+
+use std::collections::HashMap;
+
+use common::ids::{BookingId, CommandId, MessageId, SeatId, ShowId, UserId};
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Transaction, prelude::FromRow};
+use time::OffsetDateTime;
+
+use crate::engine::{Batch, BookingStatus, LoadedBooking, LoadedSeat, SeatStatus, ShowState, ShowTerms};
+
+/// Shows a worker should serve: on sale or about to be (their pre-queue is open), not yet over.
+#[tracing::instrument(skip(db))]
+pub async fn shows_to_serve(db: impl PgExecutor<'_>) -> Result<Vec<ShowId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT show_id FROM show
+         WHERE status IN ('scheduled', 'on_sale', 'sold_out')
+           AND prequeue_opens_at <= now() + interval '10 minutes'
+           AND starts_at > now() - interval '1 day'
+         ORDER BY on_sale_at",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Becomes the show's writer: bumps the fencing epoch and returns the new value. From this
+/// commit on, every batch of the previous writer fails its epoch check.
+#[tracing::instrument(skip(db))]
+pub async fn take_over(db: impl PgExecutor<'_>, show: ShowId) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("UPDATE show SET writer_epoch = writer_epoch + 1 WHERE show_id = $1 RETURNING writer_epoch")
+        .bind(show)
+        .fetch_optional(db)
+        .await
+}
+
+#[derive(FromRow)]
+struct TermsRow {
+    currency: String,
+    hold_seconds: i32,
+    max_tickets_per_user: i32,
+}
+
+#[derive(FromRow)]
+struct SeatRow {
+    seat_id: SeatId,
+    seat_index: i32,
+    section_id: uuid::Uuid,
+    row_label: String,
+    number: i32,
+    x: f32,
+    y: f32,
+    tier: String,
+    status: String,
+    booking_id: Option<BookingId>,
+}
+
+#[derive(FromRow)]
+struct BookingRow {
+    booking_id: BookingId,
+    app_user_id: UserId,
+    status: String,
+    expires_at: OffsetDateTime,
+    seats: Vec<i32>,
+}
+
+/// Why a show could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The show does not exist.
+    #[error("show {0} does not exist")]
+    NoSuchShow(ShowId),
+    /// The rows do not make a consistent inventory.
+    #[error(transparent)]
+    Inconsistent(#[from] crate::engine::LoadError),
+    /// A row holds a value the engine does not know.
+    #[error("unknown {what} {value:?}")]
+    Unknown {
+        /// Which column.
+        what: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// Loads a show's terms, seats and live bookings, from one snapshot of the database.
+#[tracing::instrument(skip(db))]
+pub async fn load_show(db: &PgPool, show: ShowId) -> Result<ShowState, LoadError> {
+    let mut tx = db.begin().await?;
+    // One consistent view of seats and bookings.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let terms: TermsRow =
+        sqlx::query_as("SELECT currency, hold_seconds, max_tickets_per_user FROM show WHERE show_id = $1")
+            .bind(show)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(LoadError::NoSuchShow(show))?;
+    let prices: Vec<(String, i32)> = sqlx::query_as("SELECT tier, price_cents FROM show_price WHERE show_id = $1")
+        .bind(show)
+        .fetch_all(&mut *tx)
+        .await?;
+    let seats: Vec<SeatRow> = sqlx::query_as(
+        "SELECT ss.seat_id, ss.seat_index, s.section_id, s.row_label, s.number, s.x, s.y, ss.tier, ss.status,
+                ss.booking_id
+         FROM show_seat ss JOIN seat s USING (seat_id)
+         WHERE ss.show_id = $1",
+    )
+    .bind(show)
+    .fetch_all(&mut *tx)
+    .await?;
+    let bookings: Vec<BookingRow> = sqlx::query_as(
+        "SELECT b.booking_id, b.app_user_id, b.status, b.expires_at,
+                coalesce(array_agg(ss.seat_index) FILTER (WHERE ss.seat_index IS NOT NULL), '{}') AS seats
+         FROM booking b
+         LEFT JOIN booking_seat bs ON bs.booking_id = b.booking_id AND bs.released_at IS NULL
+         LEFT JOIN show_seat ss ON ss.show_id = bs.show_id AND ss.seat_id = bs.seat_id
+         WHERE b.show_id = $1 AND b.status IN ('held', 'payment_pending', 'confirmed')
+         GROUP BY b.booking_id",
+    )
+    .bind(show)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let mut rows: HashMap<(uuid::Uuid, String), u32> = HashMap::new();
+    let mut loaded = Vec::with_capacity(seats.len());
+    for seat in seats {
+        let next = rows.len() as u32;
+        let row = *rows.entry((seat.section_id, seat.row_label)).or_insert(next);
+        loaded.push(LoadedSeat {
+            seat_id: seat.seat_id,
+            index: u32::try_from(seat.seat_index).unwrap_or(u32::MAX),
+            row,
+            number: seat.number,
+            x: seat.x,
+            y: seat.y,
+            status: SeatStatus::parse(&seat.status).ok_or_else(|| LoadError::Unknown {
+                what: "seat status",
+                value: seat.status.clone(),
+            })?,
+            tier: seat.tier,
+            booking_id: seat.booking_id,
+        });
+    }
+    let mut live = Vec::with_capacity(bookings.len());
+    for booking in bookings {
+        live.push(LoadedBooking {
+            booking_id: booking.booking_id,
+            user_id: booking.app_user_id,
+            status: BookingStatus::parse_live(&booking.status).ok_or_else(|| LoadError::Unknown {
+                what: "booking status",
+                value: booking.status.clone(),
+            })?,
+            expires_at: booking.expires_at,
+            seats: booking
+                .seats
+                .into_iter()
+                .map(|index| u32::try_from(index).unwrap_or(u32::MAX))
+                .collect(),
+        });
+    }
+    let terms = ShowTerms {
+        show_id: show,
+        currency: terms.currency,
+        hold_seconds: i64::from(terms.hold_seconds),
+        max_tickets_per_user: u32::try_from(terms.max_tickets_per_user).unwrap_or(1),
+        prices: prices
+            .into_iter()
+            .map(|(tier, price)| (tier, i64::from(price)))
+            .collect(),
+    };
+    Ok(ShowState::load(terms, loaded, live)?)
+}
+
+/// Which of `commands` were applied before (a redelivery after a crash between commit and ack).
+#[tracing::instrument(skip(db, commands), fields(commands = commands.len()))]
+pub async fn already_applied(db: &PgPool, commands: &[CommandId]) -> Result<Vec<CommandId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT hold_request_id FROM hold_request WHERE hold_request_id = ANY($1)
+         UNION ALL
+         SELECT command_id FROM processed_command WHERE command_id = ANY($1)",
+    )
+    .bind(commands)
+    .fetch_all(db)
+    .await
+}
+
+/// The batch was not written because another worker is the show's writer now.
+#[derive(Debug, thiserror::Error)]
+#[error("fenced: writer epoch {0} is no longer current")]
+pub struct Fenced(pub i64);
+
+/// Why a batch was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Another writer took over: drop the state and stop writing.
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+    /// The database failed (possibly transient).
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Writes a whole batch in one transaction, fenced by `epoch`; returns the outbox ids of its
+/// events, in order.
+#[tracing::instrument(skip_all, fields(show_id = %state.show_id(), epoch))]
+pub async fn write_batch(
+    db: &PgPool,
+    state: &ShowState,
+    batch: &Batch,
+    epoch: i64,
+    version: u64,
+    events_exchange: &str,
+    published: &[i64],
+) -> Result<Vec<i64>, WriteError> {
+    let show = state.show_id();
+    let mut tx = db.begin().await?;
+    // The fence: an UPDATE of the show row conditioned on the epoch both takes the row lock
+    // (as SELECT ... FOR UPDATE would, serialising with a takeover's bump) and records the new
+    // inventory version in one round trip. Zero rows: someone else is the writer.
+    let fenced = sqlx::query("UPDATE show SET inventory_version = $3 WHERE show_id = $1 AND writer_epoch = $2")
+        .bind(show)
+        .bind(epoch)
+        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 0;
+    if fenced {
+        tx.rollback().await?;
+        return Err(Fenced(epoch).into());
+    }
+    end_bookings(&mut tx, batch).await?;
+    insert_bookings(&mut tx, show, batch).await?;
+    update_seats(&mut tx, show, state, batch).await?;
+    insert_results(&mut tx, show, batch).await?;
+    let outbox = insert_outbox(&mut tx, batch, events_exchange).await?;
+    // Rows the previous batches' relay published: marked here instead of in a round trip each.
+    mark_published(&mut tx, published).await?;
+    tx.commit().await?;
+    Ok(outbox)
+}
+
+/// Existing bookings that ended in the batch: status, and their seats leave them (which frees
+/// the one-live-booking index before this batch's new bookings take those seats).
+async fn end_bookings(tx: &mut Transaction<'_, Postgres>, batch: &Batch) -> Result<(), sqlx::Error> {
+    if batch.ended.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<BookingId> = batch.ended.iter().map(|(id, _)| *id).collect();
+    let statuses: Vec<&str> = batch.ended.iter().map(|(_, status)| status.as_str()).collect();
+    sqlx::query(
+        "UPDATE booking b SET status = e.status, updated_at = now()
+         FROM UNNEST($1::uuid[], $2::text[]) AS e (booking_id, status)
+         WHERE b.booking_id = e.booking_id",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE booking_seat SET released_at = now() WHERE booking_id = ANY($1) AND released_at IS NULL")
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_bookings(tx: &mut Transaction<'_, Postgres>, show: ShowId, batch: &Batch) -> Result<(), sqlx::Error> {
+    if batch.new_bookings.is_empty() {
+        return Ok(());
+    }
+    let n = batch.new_bookings.len();
+    let (mut ids, mut users, mut statuses, mut commands, mut expiries) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut counts, mut subtotals, mut totals) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut seat_bookings, mut seat_ids, mut prices, mut released) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for booking in &batch.new_bookings {
+        ids.push(booking.booking_id);
+        users.push(booking.user_id);
+        statuses.push(booking.status.as_str());
+        commands.push(booking.command_id);
+        expiries.push(booking.expires_at);
+        counts.push(booking.seats.len() as i32);
+        subtotals.push(booking.subtotal_cents);
+        totals.push(booking.total_cents);
+        let gone = !matches!(booking.status, BookingStatus::Held);
+        for (seat, price) in &booking.seats {
+            seat_bookings.push(booking.booking_id);
+            seat_ids.push(*seat);
+            prices.push(i32::try_from(*price).unwrap_or(i32::MAX));
+            released.push(gone);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO booking (booking_id, show_id, app_user_id, status, command_id, expires_at, seat_count,
+                              subtotal_cents, total_cents, currency)
+         SELECT b.booking_id, $1, b.app_user_id, b.status, b.command_id, b.expires_at, b.seat_count,
+                b.subtotal_cents, b.total_cents, (SELECT currency FROM show WHERE show_id = $1)
+         FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::timestamptz[], $7::int[], $8::bigint[],
+                     $9::bigint[])
+              AS b (booking_id, app_user_id, status, command_id, expires_at, seat_count, subtotal_cents, total_cents)",
+    )
+    .bind(show)
+    .bind(&ids)
+    .bind(&users)
+    .bind(&statuses)
+    .bind(&commands)
+    .bind(&expiries)
+    .bind(&counts)
+    .bind(&subtotals)
+    .bind(&totals)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO booking_seat (booking_id, show_id, seat_id, price_cents, released_at)
+         SELECT s.booking_id, $1, s.seat_id, s.price_cents, CASE WHEN s.released THEN now() END
+         FROM UNNEST($2::uuid[], $3::uuid[], $4::int[], $5::bool[]) AS s (booking_id, seat_id, price_cents, released)",
+    )
+    .bind(show)
+    .bind(&seat_bookings)
+    .bind(&seat_ids)
+    .bind(&prices)
+    .bind(&released)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn update_seats(
+    tx: &mut Transaction<'_, Postgres>,
+    show: ShowId,
+    state: &ShowState,
+    batch: &Batch,
+) -> Result<(), sqlx::Error> {
+    if batch.changed_seats.is_empty() {
+        return Ok(());
+    }
+    let n = batch.changed_seats.len();
+    let (mut seats, mut statuses, mut bookings) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for index in &batch.changed_seats {
+        let (seat, status, booking) = state.seat_row(*index);
+        seats.push(seat);
+        statuses.push(status.as_str());
+        bookings.push(booking);
+    }
+    sqlx::query(
+        "UPDATE show_seat ss SET status = c.status, booking_id = c.booking_id, version = ss.version + 1
+         FROM UNNEST($2::uuid[], $3::text[], $4::uuid[]) AS c (seat_id, status, booking_id)
+         WHERE ss.show_id = $1 AND ss.seat_id = c.seat_id",
+    )
+    .bind(show)
+    .bind(&seats)
+    .bind(&statuses)
+    .bind(&bookings)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_results(tx: &mut Transaction<'_, Postgres>, show: ShowId, batch: &Batch) -> Result<(), sqlx::Error> {
+    if !batch.hold_results.is_empty() {
+        let n = batch.hold_results.len();
+        let (mut ids, mut users, mut statuses, mut bookings, mut codes, mut details) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for result in &batch.hold_results {
+            ids.push(result.command_id);
+            users.push(result.user_id);
+            statuses.push(if result.booking_id.is_some() {
+                "held"
+            } else {
+                "rejected"
+            });
+            bookings.push(result.booking_id);
+            codes.push(result.rejection.map(|code| code.as_str()));
+            details.push(
+                (!result.unavailable.is_empty())
+                    .then(|| serde_json::json!({ "unavailable_seat_ids": result.unavailable })),
+            );
+        }
+        sqlx::query(
+            "INSERT INTO hold_request (hold_request_id, show_id, app_user_id, status, booking_id, code, detail)
+             SELECT r.id, $1, r.app_user_id, r.status, r.booking_id, r.code, r.detail
+             FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::jsonb[])
+                  AS r (id, app_user_id, status, booking_id, code, detail)",
+        )
+        .bind(show)
+        .bind(&ids)
+        .bind(&users)
+        .bind(&statuses)
+        .bind(&bookings)
+        .bind(&codes)
+        .bind(&details)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !batch.processed.is_empty() {
+        let ids: Vec<CommandId> = batch.processed.iter().map(|p| p.command_id).collect();
+        let kinds: Vec<&str> = batch.processed.iter().map(|p| p.command_type).collect();
+        let results: Vec<&serde_json::Value> = batch.processed.iter().map(|p| &p.result).collect();
+        sqlx::query(
+            "INSERT INTO processed_command (command_id, show_id, command_type, result)
+             SELECT p.command_id, $1, p.command_type, p.result
+             FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[]) AS p (command_id, command_type, result)",
+        )
+        .bind(show)
+        .bind(&ids)
+        .bind(&kinds)
+        .bind(&results)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_outbox(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &Batch,
+    events_exchange: &str,
+) -> Result<Vec<i64>, sqlx::Error> {
+    if batch.events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<MessageId> = batch.events.iter().map(|e| e.message_id).collect();
+    let keys: Vec<&str> = batch.events.iter().map(|e| e.routing_key.as_str()).collect();
+    let bodies: Vec<&serde_json::Value> = batch.events.iter().map(|e| &e.body).collect();
+    // WITH ORDINALITY keeps the events' order in their outbox ids, so the relay's sweep
+    // publishes them in the order they happened.
+    sqlx::query_scalar(
+        "INSERT INTO outbox (message_id, exchange, routing_key, body)
+         SELECT o.message_id, $1, o.routing_key, o.body
+         FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS o (message_id, routing_key, body, n)
+         ORDER BY o.n
+         RETURNING outbox_id",
+    )
+    .bind(events_exchange)
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&bodies)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Marks outbox rows as published.
+#[tracing::instrument(skip(db, ids), fields(rows = ids.len()))]
+pub async fn mark_published(db: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE outbox_id = ANY($1) AND published_at IS NULL")
+        .bind(ids)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// An outbox row waiting to be published.
+#[derive(Debug, FromRow)]
+pub struct Unpublished {
+    /// Its id.
+    pub outbox_id: i64,
+    /// The envelope's message id.
+    pub message_id: MessageId,
+    /// Where to.
+    pub exchange: String,
+    /// With which key.
+    pub routing_key: String,
+    /// The envelope.
+    pub body: serde_json::Value,
+}
+
+/// Rows left unpublished for longer than `older_than` (a worker died between its commit and
+/// its publish), oldest first. `SKIP LOCKED` lets several relays sweep without waiting on each
+/// other; the rows stay locked until the caller's transaction ends.
+#[tracing::instrument(skip(db))]
+pub async fn unpublished(
+    db: &mut PgConnection,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Unpublished>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT outbox_id, message_id, exchange, routing_key, body FROM outbox
+         WHERE published_at IS NULL AND created_at < now() - $1::interval
+         ORDER BY outbox_id
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(older_than)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

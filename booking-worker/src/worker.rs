@@ -1,0 +1,495 @@
+//! One show's consumer: the loop that makes this process the show's single writer while
+//! RabbitMQ lets it.
+//!
+//! Every worker subscribes to every on-sale show's queue; the queue's single-active-consumer
+//! flag makes RabbitMQ deliver to one of them and keep the others on standby. A consumer knows it
+//! has become the active one when its first delivery arrives: it then takes over the show (bumps
+//! the fencing epoch), loads the show into memory and rebuilds the Redis snapshot.
+//!
+//! Per batch (up to `batch_max` deliveries or `batch_wait` after the first): decode (a message
+//! that cannot be decoded is dead-lettered at once, so a poison message never blocks the show),
+//! skip commands applied before, apply the rest in queue order, write everything in one fenced
+//! transaction, publish the events with confirms, update the snapshot, and only then acknowledge
+//! the whole batch with one multiple-ack. A crash anywhere before the ack redelivers the batch,
+//! and the command ids make the redelivery harmless.
+//!
+//! Failures:
+//! - fenced (another worker took over): the state is dropped and the channel closed, which
+//!   hands the unacknowledged deliveries back to RabbitMQ; the consumer re-subscribes and waits
+//!   on standby;
+//! - database or Redis trouble while loading or writing: the state is dropped (it may be ahead
+//!   of the database), and after a backoff the same deliveries, still unacknowledged and still
+//!   in order, are applied again to a freshly loaded state;
+//! - channel or connection lost: re-subscribe once the broker is back (the unacknowledged
+//!   deliveries are redelivered to whichever consumer RabbitMQ makes active).
+
+use std::{sync::Arc, time::Duration};
+
+use common::{
+    availability,
+    contracts::{SeatCounts, ShowCommand},
+    ids::{CommandId, ShowId},
+    mq::Broker,
+};
+use futures::StreamExt as _;
+use lapin::{
+    Channel, Consumer,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
+    types::FieldTable,
+};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    engine::{Batch, ShowState},
+    metrics, store,
+};
+
+/// The longest the loop sleeps before looking at hold expiry again.
+const EXPIRY_RECHECK: Duration = Duration::from_secs(1);
+
+/// Tuning of the consumer loop.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Most commands per batch (`BOOKING_BATCH_MAX`, default 256).
+    pub batch_max: u16,
+    /// How long a batch waits for more commands after its first (`BOOKING_BATCH_WAIT_MS`, 5).
+    pub batch_wait: Duration,
+    /// Backoff after a transient failure (doubling up to 5 s).
+    pub retry_min: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: 256,
+            batch_wait: Duration::from_millis(5),
+            retry_min: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What a show consumer needs.
+pub struct Context {
+    /// PostgreSQL.
+    pub db: PgPool,
+    /// Redis (the availability snapshot).
+    pub redis: ConnectionManager,
+    /// `REDIS_KEY_PREFIX`.
+    pub redis_prefix: String,
+    /// RabbitMQ.
+    pub broker: Arc<Broker>,
+    /// Tuning.
+    pub config: WorkerConfig,
+    /// The time (tests move it).
+    pub clock: Arc<dyn Fn() -> OffsetDateTime + Send + Sync>,
+}
+
+impl Context {
+    fn now(&self) -> OffsetDateTime {
+        (self.clock)()
+    }
+}
+
+/// The show while this worker writes it.
+struct Writer {
+    state: ShowState,
+    epoch: i64,
+    batches: u32,
+    /// Outbox rows published since the last commit, marked in the next batch's transaction.
+    published: Vec<i64>,
+    /// The snapshot missed a write: rebuild it whole at the next batch.
+    snapshot_stale: bool,
+}
+
+impl Writer {
+    fn version(&self) -> u64 {
+        availability::version(self.epoch, self.batches)
+    }
+}
+
+/// Why the consumer stopped consuming.
+enum Stop {
+    /// Shutdown was asked.
+    Shutdown,
+    /// Re-subscribe (fenced, channel lost, cancelled by the broker).
+    Resubscribe,
+}
+
+/// Serves `show` until `shutdown`: subscribes, writes while active, re-subscribes after losing
+/// the channel or being fenced.
+pub async fn serve_show(context: Arc<Context>, show: ShowId, shutdown: CancellationToken) {
+    let mut delay = context.config.retry_min;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match subscribe(&context, show).await {
+            Ok((channel, consumer)) => {
+                delay = context.config.retry_min;
+                let stop = consume(&context, show, &channel, consumer, &shutdown).await;
+                metrics::active(show, false);
+                // Closing the channel hands every unacknowledged delivery back to RabbitMQ.
+                if let Err(err) = channel.close(200, "closing".into()).await {
+                    tracing::debug!(%show, error = %err, "show channel already closed");
+                }
+                if matches!(stop, Stop::Shutdown) {
+                    return;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%show, error = %err, retry_in = ?delay, "cannot subscribe to the show queue");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn subscribe(context: &Context, show: ShowId) -> anyhow::Result<(Channel, Consumer)> {
+    let channel = context.broker.channel().await?;
+    let topology = context.broker.topology();
+    topology.declare_show_queue(&channel, show).await?;
+    // Prefetch two batches: the next batch is already here while this one commits.
+    channel
+        .basic_qos(context.config.batch_max.saturating_mul(2), BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            topology.show_queue(show).into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(%show, "subscribed to the show queue (active or standby)");
+    Ok((channel, consumer))
+}
+
+async fn consume(
+    context: &Context,
+    show: ShowId,
+    channel: &Channel,
+    mut consumer: Consumer,
+    shutdown: &CancellationToken,
+) -> Stop {
+    let mut writer: Option<Writer> = None;
+    loop {
+        // The next hold to lapse, looked at again at least every second: the clock is the
+        // context's (tests move it), so a timer set from it could oversleep a jump.
+        let expiry = writer.as_ref().and_then(|writer| writer.state.next_expiry()).map(|at| {
+            let wait = Duration::try_from((at - context.now()).max(time::Duration::ZERO)).unwrap_or_default();
+            tokio::time::Instant::now() + wait.min(EXPIRY_RECHECK)
+        });
+        let first = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Stop::Shutdown,
+            delivery = consumer.next() => delivery,
+            () = sleep_until(expiry) => {
+                if let Err(stop) = run_batch(context, show, channel, &mut writer, Vec::new(), shutdown).await {
+                    return stop;
+                }
+                continue;
+            }
+        };
+        let Some(Ok(first)) = first else {
+            tracing::info!(%show, "show consumer ended (channel closed or consumer cancelled)");
+            return Stop::Resubscribe;
+        };
+        let mut deliveries = vec![first];
+        let deadline = tokio::time::Instant::now() + context.config.batch_wait;
+        while deliveries.len() < usize::from(context.config.batch_max) {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => deliveries.push(delivery),
+                Ok(_) => break,
+                Err(_elapsed) => break,
+            }
+        }
+        if let Err(stop) = run_batch(context, show, channel, &mut writer, deliveries, shutdown).await {
+            return stop;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A command of the batch with its delivery.
+struct Received {
+    delivery: Delivery,
+    command: ShowCommand,
+}
+
+/// Applies and writes one batch, retrying transient failures on the same deliveries until it
+/// succeeds, is fenced, or shutdown is asked.
+async fn run_batch(
+    context: &Context,
+    show: ShowId,
+    channel: &Channel,
+    writer: &mut Option<Writer>,
+    deliveries: Vec<Delivery>,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
+    let started = std::time::Instant::now();
+    let mut received = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        match ShowCommand::decode(&delivery.data) {
+            Ok(command) => received.push(Received { delivery, command }),
+            Err(err) => {
+                // Rejected without requeue: the queue dead-letters it, and the show goes on.
+                tracing::error!(%show, error = %err, "undecodable show command: dead-lettering it");
+                metrics::dead_lettered("undecodable");
+                if let Err(err) = delivery.acker.reject(BasicRejectOptions { requeue: false }).await {
+                    tracing::warn!(%show, error = %err, "cannot reject a delivery");
+                    return Err(Stop::Resubscribe);
+                }
+            }
+        }
+    }
+    if let Some(oldest) = received.iter().map(|r| occurred_at(&r.command)).min() {
+        metrics::queue_wait(show, (context.now() - oldest).as_seconds_f64().max(0.0));
+    }
+    let mut delay = context.config.retry_min;
+    loop {
+        if shutdown.is_cancelled() && writer.is_none() {
+            // Never activated for these: leave them unacknowledged for the next writer.
+            return Err(Stop::Shutdown);
+        }
+        match attempt(context, show, writer, &received).await {
+            Ok(()) => break,
+            Err(Failure::Fenced) => {
+                tracing::warn!(%show, "fenced: another worker is the show's writer now; standing down");
+                metrics::fenced(show);
+                *writer = None;
+                return Err(Stop::Resubscribe);
+            }
+            Err(Failure::Transient(stage, err)) => {
+                tracing::warn!(%show, stage, error = %err, retry_in = ?delay, "batch failed; retrying the same deliveries");
+                metrics::transient(stage);
+                *writer = None;
+                if !channel.status().connected() {
+                    return Err(Stop::Resubscribe);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Err(Stop::Shutdown),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    // Acknowledge the whole batch at once, after the commit and the publishes.
+    if let Some(last) = received.last()
+        && let Err(err) = last.delivery.acker.ack(BasicAckOptions { multiple: true }).await
+    {
+        // The channel is gone: the batch will be redelivered and answered from the store.
+        tracing::warn!(%show, error = %err, "cannot acknowledge the batch");
+        return Err(Stop::Resubscribe);
+    }
+    if !received.is_empty() {
+        metrics::batch(received.len(), started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+fn occurred_at(command: &ShowCommand) -> OffsetDateTime {
+    match command {
+        ShowCommand::HoldSeats(envelope) => envelope.occurred_at,
+        ShowCommand::ReleaseHold(envelope) => envelope.occurred_at,
+    }
+}
+
+enum Failure {
+    Fenced,
+    Transient(&'static str, anyhow::Error),
+}
+
+/// One try at a batch: activate if needed, apply, commit, publish, snapshot.
+async fn attempt(
+    context: &Context,
+    show: ShowId,
+    writer: &mut Option<Writer>,
+    received: &[Received],
+) -> Result<(), Failure> {
+    if writer.is_none() {
+        *writer = Some(activate(context, show).await?);
+    }
+    let Some(active) = writer.as_mut() else {
+        unreachable!("activated above");
+    };
+    let ids: Vec<CommandId> = received.iter().map(|r| r.command.command_id()).collect();
+    let done = if ids.is_empty() {
+        Vec::new()
+    } else {
+        store::already_applied(&context.db, &ids)
+            .await
+            .map_err(|err| Failure::Transient("dedupe", err.into()))?
+    };
+    let now = context.now();
+    let mut batch = active.state.begin();
+    let mut outcomes = Vec::with_capacity(received.len());
+    for r in received {
+        let seen = done.contains(&r.command.command_id());
+        let outcome = match &r.command {
+            ShowCommand::HoldSeats(envelope) => active.state.hold(&mut batch, &envelope.payload, seen, now),
+            ShowCommand::ReleaseHold(envelope) => active.state.release(&mut batch, &envelope.payload, seen),
+        };
+        outcomes.push(outcome);
+    }
+    let expired = active.state.expire(&mut batch, now);
+    if batch.is_empty() {
+        return Ok(());
+    }
+    active.batches += 1;
+    let version = active.version();
+    active.state.finish(&mut batch, version);
+    let events_exchange = context.broker.topology().events_exchange();
+    let outbox = match store::write_batch(
+        &context.db,
+        &active.state,
+        &batch,
+        active.epoch,
+        version,
+        &events_exchange,
+        &active.published,
+    )
+    .await
+    {
+        Ok(outbox) => outbox,
+        Err(store::WriteError::Fenced(_)) => return Err(Failure::Fenced),
+        Err(store::WriteError::Database(err)) => return Err(Failure::Transient("write", err.into())),
+    };
+    active.published.clear();
+    for (r, outcome) in received.iter().zip(&outcomes) {
+        metrics::command(kind(&r.command), outcome.label());
+    }
+    if expired > 0 {
+        tracing::info!(%show, expired, "holds expired");
+    }
+    publish(context, active, &batch, &outbox, received).await;
+    update_snapshot(context, show, active, &batch, version).await;
+    metrics::seats(show, active.state.counts());
+    Ok(())
+}
+
+fn kind(command: &ShowCommand) -> &'static str {
+    match command {
+        ShowCommand::HoldSeats(_) => "HoldSeats",
+        ShowCommand::ReleaseHold(_) => "ReleaseHold",
+    }
+}
+
+/// Becomes the show's writer.
+async fn activate(context: &Context, show: ShowId) -> Result<Writer, Failure> {
+    let epoch = store::take_over(&context.db, show)
+        .await
+        .map_err(|err| Failure::Transient("take_over", err.into()))?
+        .ok_or_else(|| Failure::Transient("take_over", anyhow::anyhow!("show {show} does not exist")))?;
+    let state = store::load_show(&context.db, show)
+        .await
+        .map_err(|err| Failure::Transient("load", err.into()))?;
+    let mut writer = Writer {
+        state,
+        epoch,
+        batches: 0,
+        published: Vec::new(),
+        snapshot_stale: true,
+    };
+    rebuild_snapshot(context, show, &mut writer).await;
+    tracing::info!(%show, epoch, counts = ?writer.state.counts(), "became the show's writer");
+    metrics::active(show, true);
+    metrics::seats(show, writer.state.counts());
+    Ok(writer)
+}
+
+async fn rebuild_snapshot(context: &Context, show: ShowId, writer: &mut Writer) {
+    let keys = availability::Keys::new(&context.redis_prefix, show);
+    let snapshot = availability::Snapshot {
+        bitmap: writer.state.bitmap(),
+        statuses: writer.state.statuses(),
+        counts: writer.state.counts(),
+        version: writer.version(),
+    };
+    let mut redis = context.redis.clone();
+    match availability::rebuild(&mut redis, &keys, writer.epoch, &snapshot).await {
+        Ok(availability::Written::Applied) => writer.snapshot_stale = false,
+        Ok(availability::Written::Fenced) => {
+            tracing::warn!(%show, "a newer writer owns the availability snapshot");
+        }
+        Err(err) => tracing::warn!(%show, error = %err, "cannot rebuild the availability snapshot"),
+    }
+}
+
+/// Publishes the batch's events with confirms; rows that did not make it are left to the relay.
+async fn publish(context: &Context, writer: &mut Writer, batch: &Batch, outbox: &[i64], received: &[Received]) {
+    let Ok(publisher) = context.broker.publisher() else {
+        tracing::warn!("broker unavailable: the outbox relay will publish this batch's events");
+        return;
+    };
+    let exchange = context.broker.topology().events_exchange();
+    let sends = batch.events.iter().zip(outbox).map(|(event, id)| {
+        let publisher = publisher.clone();
+        let exchange = exchange.clone();
+        async move {
+            let body = serde_json::to_vec(&event.body).unwrap_or_default();
+            let sent = publisher
+                .broadcast_raw(
+                    &exchange,
+                    &event.routing_key,
+                    &event.message_id.to_string(),
+                    event.kind,
+                    &body,
+                )
+                .await;
+            (sent, *id)
+        }
+    });
+    for (sent, id) in futures::future::join_all(sends).await {
+        match sent {
+            Ok(()) => writer.published.push(id),
+            Err(err) => tracing::warn!(error = %err, "event not published; the relay will retry"),
+        }
+    }
+    let now = context.now();
+    for r in received {
+        if let ShowCommand::HoldSeats(envelope) = &r.command {
+            metrics::hold_latency((now - envelope.occurred_at).as_seconds_f64().max(0.0));
+        }
+    }
+}
+
+async fn update_snapshot(context: &Context, show: ShowId, writer: &mut Writer, batch: &Batch, version: u64) {
+    if writer.snapshot_stale {
+        rebuild_snapshot(context, show, writer).await;
+        return;
+    }
+    if batch.changed_seats.is_empty() {
+        return;
+    }
+    let keys = availability::Keys::new(&context.redis_prefix, show);
+    let changes: Vec<(u32, u8)> = batch
+        .changed_seats
+        .iter()
+        .map(|index| (*index, writer.state.status_byte(*index)))
+        .collect();
+    let counts: SeatCounts = writer.state.counts();
+    let mut redis = context.redis.clone();
+    match availability::apply(&mut redis, &keys, writer.epoch, &changes, counts, version).await {
+        Ok(availability::Written::Applied) => {}
+        Ok(availability::Written::Fenced) => writer.snapshot_stale = true,
+        Err(err) => {
+            tracing::warn!(%show, error = %err, "cannot update the availability snapshot; will rebuild it");
+            writer.snapshot_stale = true;
+        }
+    }
+}

@@ -67,6 +67,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Hold requests: results from the writers, show terms, request bookkeeping.
     pub holds: Arc<routes::holds::HoldsContext>,
+    /// Seat layouts and availability snapshots.
+    pub seat_maps: Arc<crate::seatmap::SeatMaps>,
 }
 
 /// A built, bound, not yet running ingress.
@@ -107,6 +109,10 @@ impl Application {
             redis.clone(),
             config.common.redis_key_prefix.clone(),
         ));
+        let seat_maps = Arc::new(crate::seatmap::SeatMaps::new(
+            redis.clone(),
+            config.common.redis_key_prefix.clone(),
+        ));
         let hub = RoomHub::new(WaitingRoom::new(redis, config.common.redis_key_prefix.clone()));
         let admission_tokens = AdmissionTokens::from_key_list(config.admission_token_keys.expose())?;
         let state = AppState {
@@ -128,6 +134,7 @@ impl Application {
             ws_allowed_origins: config.ws_allowed_origins.clone().into(),
             shutdown: CancellationToken::new(),
             holds,
+            seat_maps,
         };
         let hub = Arc::clone(&state.hub);
         let readiness = Readiness::new()

@@ -8,6 +8,8 @@
 //! - [`domain`]: request values parsed into domain types.
 //! - [`store`]: the SQL, one statement per function.
 //! - [`error`]: problem+json errors and the extractors that produce them.
+//! - [`seatmap`]: cached seat layouts plus the Redis availability snapshot.
+//! - [`results`]: hold results from the booking-workers, handed to waiting requests.
 //! - [`room`]: this instance's waiting-room subscriptions and batched heartbeats.
 //! - [`metrics`]: Prometheus metrics.
 
@@ -20,6 +22,7 @@ pub mod metrics;
 pub mod results;
 pub mod room;
 pub mod routes;
+pub mod seatmap;
 pub mod store;
 
 pub use app::Application;

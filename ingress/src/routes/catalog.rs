@@ -1,7 +1,7 @@
 //! API.md "Catalog": public reads of events, venues, shows, the seat map and availability.
 //!
-//! Until the booking pipeline publishes the availability snapshot to Redis, the seat map and
-//! availability are read from PostgreSQL (`show_seat`), the source of truth.
+//! The seat map and availability come from the show's Redis snapshot plus the cached layout
+//! ([`crate::seatmap`]); PostgreSQL only when no snapshot exists yet (or Redis is down).
 
 use axum::{
     Json,
@@ -10,7 +10,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use common::ids::{EventId, SeatId, SectionId, ShowId, VenueId};
+use common::{
+    availability,
+    ids::{EventId, SeatId, SectionId, ShowId, VenueId},
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -482,13 +485,91 @@ pub async fn show_seats(
     ApiPath(show_id): ApiPath<ShowId>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Some(snapshot) = state.seat_maps.snapshot(show_id).await else {
+        return seats_from_database(&state, show_id, &headers).await;
+    };
+    let version = i64::try_from(snapshot.version).unwrap_or(i64::MAX);
+    if let Some(not_modified) = not_modified(&headers, show_id, version)? {
+        return Ok(not_modified);
+    }
+    let layout = state
+        .seat_maps
+        .layout(&state.db, show_id)
+        .await?
+        .ok_or(ApiError::NotFound("show"))?;
+    let seats = layout
+        .iter()
+        .map(|seat| {
+            let status = usize::try_from(seat.seat_index)
+                .ok()
+                .and_then(|index| snapshot.statuses.get(index))
+                .map_or("unknown", |byte| availability::status_name(*byte));
+            seat_response(seat, status.to_owned())
+        })
+        .collect();
+    let counts = Counts {
+        available: i64::from(snapshot.counts.available),
+        held: i64::from(snapshot.counts.held),
+        sold: i64::from(snapshot.counts.sold),
+        blocked: i64::from(snapshot.counts.blocked),
+    };
+    seat_map_response(show_id, version, counts, seats)
+}
+
+fn not_modified(headers: &HeaderMap, show_id: ShowId, version: i64) -> Result<Option<Response>, ApiError> {
+    let tag = etag(show_id, version);
+    if !matches_etag(headers, &tag) {
+        return Ok(None);
+    }
+    let tag = HeaderValue::from_str(&tag).map_err(|err| ApiError::Unexpected(err.into()))?;
+    Ok(Some((StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response()))
+}
+
+fn seat_response(seat: &shows::SeatMapRow, status: String) -> SeatResponse {
+    SeatResponse {
+        seat_id: seat.seat_id,
+        index: seat.seat_index,
+        section: seat.section.clone(),
+        row: seat.row_label.clone(),
+        number: seat.number,
+        x: seat.x,
+        y: seat.y,
+        tier: seat.tier.clone(),
+        accessible: seat.accessible,
+        status,
+        price_cents: seat.price_cents,
+    }
+}
+
+fn seat_map_response(
+    show_id: ShowId,
+    version: i64,
+    counts: Counts,
+    seats: Vec<SeatResponse>,
+) -> Result<Response, ApiError> {
+    let tag = HeaderValue::from_str(&etag(show_id, version)).map_err(|err| ApiError::Unexpected(err.into()))?;
+    Ok((
+        [
+            (header::ETAG, tag),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        Json(SeatMapResponse {
+            show_id,
+            version,
+            counts,
+            seats,
+        }),
+    )
+        .into_response())
+}
+
+/// The seat map from PostgreSQL, for a show without a snapshot yet.
+async fn seats_from_database(state: &AppState, show_id: ShowId, headers: &HeaderMap) -> Result<Response, ApiError> {
     let version = shows::inventory_version(&state.db, show_id)
         .await?
         .ok_or(ApiError::NotFound("show"))?;
-    let tag = etag(show_id, version);
-    let tag_header = HeaderValue::from_str(&tag).map_err(|err| ApiError::Unexpected(err.into()))?;
-    if matches_etag(&headers, &tag) {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag_header)]).into_response());
+    if let Some(not_modified) = not_modified(headers, show_id, version)? {
+        return Ok(not_modified);
     }
     // Read in one snapshot so the counts agree with the seats.
     let mut tx = state.db.begin().await?;
@@ -501,36 +582,11 @@ pub async fn show_seats(
     let counts = shows::counts(&mut *tx, show_id).await?;
     let seats = shows::seat_map(&mut *tx, show_id).await?;
     tx.commit().await?;
-    let body = SeatMapResponse {
-        show_id,
-        version,
-        counts: counts.into(),
-        seats: seats
-            .into_iter()
-            .map(|seat| SeatResponse {
-                seat_id: seat.seat_id,
-                index: seat.seat_index,
-                section: seat.section,
-                row: seat.row_label,
-                number: seat.number,
-                x: seat.x,
-                y: seat.y,
-                tier: seat.tier,
-                accessible: seat.accessible,
-                status: seat.status,
-                price_cents: seat.price_cents,
-            })
-            .collect(),
-    };
-    let tag_header = HeaderValue::from_str(&etag(show_id, version)).map_err(|err| ApiError::Unexpected(err.into()))?;
-    Ok((
-        [
-            (header::ETAG, tag_header),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        ],
-        Json(body),
-    )
-        .into_response())
+    let seats = seats
+        .iter()
+        .map(|seat| seat_response(seat, seat.status.clone()))
+        .collect();
+    seat_map_response(show_id, version, counts.into(), seats)
 }
 
 /// Availability as a bitmap.
@@ -560,6 +616,19 @@ pub async fn show_availability(
     State(state): State<AppState>,
     ApiPath(show_id): ApiPath<ShowId>,
 ) -> Result<Json<AvailabilityResponse>, ApiError> {
+    if let Some(snapshot) = state.seat_maps.snapshot(show_id).await {
+        return Ok(Json(AvailabilityResponse {
+            show_id,
+            version: i64::try_from(snapshot.version).unwrap_or(i64::MAX),
+            counts: Counts {
+                available: i64::from(snapshot.counts.available),
+                held: i64::from(snapshot.counts.held),
+                sold: i64::from(snapshot.counts.sold),
+                blocked: i64::from(snapshot.counts.blocked),
+            },
+            bitmap: STANDARD.encode(snapshot.bitmap),
+        }));
+    }
     let mut tx = state.db.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)

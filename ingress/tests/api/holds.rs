@@ -275,6 +275,42 @@ async fn a_fan_follows_a_request_reads_the_booking_and_releases_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status, StatusCode::CREATED);
+
+    // The seat map and availability come from the writer's snapshot: the two held seats show.
+    let mut map = Value::Null;
+    for _ in 0..50 {
+        map = sale.app.get_json(&format!("/api/v1/shows/{}/seats", sale.show)).await;
+        if map["counts"]["held"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(map["counts"]["held"], 2, "{map}");
+    assert_eq!(map["counts"]["available"], 4);
+    assert_eq!(map["seats"][0]["status"], "held");
+    assert_eq!(map["seats"][2]["status"], "available");
+    let version = map["version"].as_i64().unwrap();
+    assert!(version > 0, "a snapshot version, not the initial 0");
+    let tag = format!("W/\"{}-{version}\"", sale.show);
+    let unchanged = sale
+        .app
+        .request(Method::GET, &format!("/api/v1/shows/{}/seats", sale.show))
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    let availability = sale
+        .app
+        .get_json(&format!("/api/v1/shows/{}/availability", sale.show))
+        .await;
+    assert_eq!(availability["version"], version);
+    use base64::Engine as _;
+    let bitmap = base64::engine::general_purpose::STANDARD
+        .decode(availability["bitmap"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(bitmap, vec![0b0011_1100], "seats 0 and 1 held, 2 to 5 available");
+
     let again = sale
         .app
         .send(

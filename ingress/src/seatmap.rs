@@ -1,0 +1,81 @@
+//! The seat map's two halves: the show's layout (immutable once the show exists: seats,
+//! positions, tiers, prices), cached in memory per instance, and the availability snapshot the
+//! show's writer keeps in Redis (DESIGN.md "Seat availability"). Together they answer
+//! `GET /shows/{id}/seats` and `/availability` without touching PostgreSQL.
+//!
+//! Before a show's first writer has published a snapshot (or after Redis lost it), and while
+//! Redis is unreachable, the routes fall back to PostgreSQL, the source of truth: correct, just
+//! slower, and only until the next writer rebuilds the snapshot.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use common::{
+    availability::{self, Snapshot},
+    ids::ShowId,
+};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::store::shows::{self, SeatMapRow};
+
+/// Layouts kept at most; a full cache forgets one at random (layouts are cheap to reload).
+const MAX_LAYOUTS: usize = 64;
+
+/// Layouts by show, and the Redis connection for snapshots.
+pub struct SeatMaps {
+    layouts: Mutex<HashMap<ShowId, Arc<Vec<SeatMapRow>>>>,
+    redis: ConnectionManager,
+    prefix: String,
+}
+
+impl SeatMaps {
+    /// Snapshots under `prefix` in `redis`.
+    pub fn new(redis: ConnectionManager, prefix: String) -> Self {
+        Self {
+            layouts: Mutex::new(HashMap::new()),
+            redis,
+            prefix,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShowId, Arc<Vec<SeatMapRow>>>> {
+        self.layouts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The show's layout by seat index (the rows' `status` is not used), or `None` for an
+    /// unknown show.
+    pub async fn layout(&self, db: &PgPool, show: ShowId) -> Result<Option<Arc<Vec<SeatMapRow>>>, sqlx::Error> {
+        if let Some(layout) = self.lock().get(&show) {
+            return Ok(Some(Arc::clone(layout)));
+        }
+        let rows = shows::seat_map(db, show).await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let layout = Arc::new(rows);
+        let mut layouts = self.lock();
+        if layouts.len() >= MAX_LAYOUTS
+            && let Some(evicted) = layouts.keys().next().copied()
+        {
+            layouts.remove(&evicted);
+        }
+        layouts.insert(show, Arc::clone(&layout));
+        Ok(Some(layout))
+    }
+
+    /// The show's availability snapshot; `None` when there is none or Redis cannot be reached
+    /// (the caller then reads PostgreSQL).
+    pub async fn snapshot(&self, show: ShowId) -> Option<Snapshot> {
+        let mut redis = self.redis.clone();
+        match availability::read(&mut redis, &availability::Keys::new(&self.prefix, show)).await {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                tracing::warn!(%show, error = %err, "availability snapshot unreadable; reading PostgreSQL");
+                None
+            }
+        }
+    }
+}

@@ -5,8 +5,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use common::{
     admin::Readiness,
+    availability,
     config::{CommonConfig, ConfigError, defaults, env_or},
+    ids::ShowId,
 };
+use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +65,8 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> anyhow::
     tracing::info!(admin = %config.common.admin_listen, tick = ?config.controller.tick, "admission controller running");
     let admin = tokio::spawn(common::admin::serve(admin_listener, readiness, shutdown.clone()));
 
+    let mut snapshots = redis.clone();
+    let prefix = config.common.redis_key_prefix.clone();
     let mut controller = Controller::new(redis, config.common.redis_key_prefix.clone(), config.controller.clone());
     let mut interval = tokio::time::interval(config.controller.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -70,7 +75,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> anyhow::
             _ = interval.tick() => {}
             () = shutdown.cancelled() => break,
         }
-        tick_all(&pool, &mut controller).await;
+        tick_all(&pool, &mut snapshots, &prefix, &mut controller).await;
     }
     admin
         .await
@@ -80,17 +85,40 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> anyhow::
     Ok(())
 }
 
-async fn tick_all(pool: &PgPool, controller: &mut Controller) {
-    let shows = match store::live_shows(pool).await {
+async fn tick_all(pool: &PgPool, redis: &mut ConnectionManager, prefix: &str, controller: &mut Controller) {
+    let live = match store::live_shows(pool).await {
         Ok(shows) => shows,
         Err(err) => {
             tracing::warn!(error = %err, "cannot read shows; skipping this tick");
             return;
         }
     };
+    // A show whose sellable seats cannot be told skips this tick (rather than looking sold out).
+    let mut shows = Vec::with_capacity(live.len());
+    for mut show in live {
+        match sellable(pool, redis, prefix, show.show_id).await {
+            Ok(seats) => {
+                show.sellable = seats;
+                shows.push(show);
+            }
+            Err(err) => {
+                tracing::warn!(show_id = %show.show_id, error = %err, "cannot tell the seats still sellable");
+            }
+        }
+    }
     for show in &shows {
         if let Err(err) = controller.tick_show(show, now_ms()).await {
             tracing::warn!(show_id = %show.show_id, error = %err, "admission tick failed");
         }
+    }
+}
+
+/// Seats still sellable: the counts the show's writer publishes with its availability snapshot
+/// after every batch; from PostgreSQL only before its first snapshot.
+async fn sellable(pool: &PgPool, redis: &mut ConnectionManager, prefix: &str, show: ShowId) -> anyhow::Result<u64> {
+    let keys = availability::Keys::new(prefix, show);
+    match availability::counts(redis, &keys).await? {
+        Some(counts) => Ok(u64::from(counts.available)),
+        None => Ok(store::available_seats(pool, show).await?),
     }
 }

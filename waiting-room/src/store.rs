@@ -1,6 +1,6 @@
 //! What the admission controller reads from PostgreSQL: the shows whose rooms are live, with
-//! their settings and the seats still sellable. (The booking pipeline will publish availability
-//! counts to Redis; until then they come from `show_seat`.)
+//! their settings, and (only for a show whose writer has not published an availability
+//! snapshot to Redis yet) the seats still sellable.
 
 use common::ids::ShowId;
 use sqlx::{PgExecutor, prelude::FromRow};
@@ -16,7 +16,6 @@ struct Row {
     admit_per_second: i32,
     max_active: i32,
     waiting_room_paused: bool,
-    sellable: i64,
 }
 
 fn unix_ms(at: OffsetDateTime) -> u64 {
@@ -29,8 +28,7 @@ fn unix_ms(at: OffsetDateTime) -> u64 {
 pub async fn live_shows(db: impl PgExecutor<'_>) -> Result<Vec<ShowSettings>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT s.show_id, s.prequeue_opens_at, s.on_sale_at, s.admit_per_second, s.max_active,
-                s.waiting_room_paused,
-                (SELECT count(*) FROM show_seat ss WHERE ss.show_id = s.show_id AND ss.status = 'available') AS sellable
+                s.waiting_room_paused
          FROM show s
          WHERE s.status IN ('scheduled', 'on_sale', 'sold_out')
            AND s.starts_at > now()
@@ -47,7 +45,18 @@ pub async fn live_shows(db: impl PgExecutor<'_>) -> Result<Vec<ShowSettings>, sq
             admit_per_second: u32::try_from(row.admit_per_second).unwrap_or(1),
             max_active: u32::try_from(row.max_active).unwrap_or(1),
             paused: row.waiting_room_paused,
-            sellable: u64::try_from(row.sellable).unwrap_or(0),
+            // Filled in by the caller from the availability snapshot.
+            sellable: 0,
         })
         .collect())
+}
+
+/// Seats of the show on sale, from PostgreSQL (for a show without an availability snapshot).
+#[tracing::instrument(skip(db))]
+pub async fn available_seats(db: impl PgExecutor<'_>, show: ShowId) -> Result<u64, sqlx::Error> {
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM show_seat WHERE show_id = $1 AND status = 'available'")
+        .bind(show)
+        .fetch_one(db)
+        .await?;
+    Ok(u64::try_from(count).unwrap_or(0))
 }

@@ -2,7 +2,8 @@
 //!
 //! Each ingress instance consumes the `events` exchange through its own exclusive, auto-deleted
 //! queue bound to `hold.*.*`, and hands each result to the request waiting for it
-//! (`POST /holds?wait=`), if one is waiting on this instance. Results are notifications: the
+//! (`POST /holds?wait=`), if one is waiting on this instance, and to the fan's WebSockets on
+//! this instance (`hold_result`, and `booking` when a hold is released or lapses). Results are notifications: the
 //! queue is consumed without acknowledgements, and a result this instance misses (it was
 //! reconnecting) is still in PostgreSQL for `GET /hold-requests/{id}`; a waiting request then
 //! answers 202 when its wait runs out.
@@ -14,8 +15,8 @@ use std::{
 };
 
 use common::{
-    contracts::{self, HoldPlaced, HoldRejected, Message as _},
-    ids::CommandId,
+    contracts::{self, HoldExpired, HoldPlaced, HoldRejected, HoldReleased, Message as _},
+    ids::{CommandId, UserId},
     mq::Broker,
 };
 use futures::StreamExt as _;
@@ -23,7 +24,7 @@ use lapin::{
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// The result of a hold request.
@@ -40,8 +41,34 @@ pub enum HoldOutcome {
 pub struct Results {
     /// Several requests may wait for one command (the same `Idempotency-Key` sent twice).
     waiting: Mutex<HashMap<CommandId, Vec<oneshot::Sender<HoldOutcome>>>>,
+    /// The open WebSockets of each fan on this instance.
+    sockets: Mutex<HashMap<UserId, Vec<mpsc::Sender<serde_json::Value>>>>,
     consuming: std::sync::atomic::AtomicBool,
 }
+
+/// A fan's WebSocket listening for its results; unregisters on drop.
+pub struct SocketSubscription {
+    results: Arc<Results>,
+    user: UserId,
+    /// Messages for the socket (`{"type": "hold_result" | "booking", ...}`).
+    pub messages: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Drop for SocketSubscription {
+    fn drop(&mut self) {
+        self.messages.close();
+        let mut sockets = self.results.sockets();
+        if let Some(senders) = sockets.get_mut(&self.user) {
+            senders.retain(|sender| !sender.is_closed());
+            if senders.is_empty() {
+                sockets.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Messages a socket may fall behind by before newer ones are dropped (it can always poll).
+const SOCKET_BACKLOG: usize = 16;
 
 /// Removes the waiter when the request ends, whether or not the result came.
 pub struct Waiter {
@@ -89,6 +116,29 @@ impl Results {
         }
     }
 
+    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<mpsc::Sender<serde_json::Value>>>> {
+        self.sockets.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Subscribes a fan's WebSocket to the fan's results.
+    pub fn subscribe(self: &Arc<Self>, user: UserId) -> SocketSubscription {
+        let (sender, messages) = mpsc::channel(SOCKET_BACKLOG);
+        self.sockets().entry(user).or_default().push(sender);
+        SocketSubscription {
+            results: Arc::clone(self),
+            user,
+            messages,
+        }
+    }
+
+    fn tell_sockets(&self, user: UserId, message: &serde_json::Value) {
+        if let Some(senders) = self.sockets().get(&user) {
+            for sender in senders {
+                let _ = sender.try_send(message.clone());
+            }
+        }
+    }
+
     /// Whether the results queue is being consumed (readiness).
     pub fn is_consuming(&self) -> bool {
         self.consuming.load(std::sync::atomic::Ordering::Relaxed)
@@ -98,6 +148,22 @@ impl Results {
         let kind = serde_json::from_slice::<serde_json::Value>(body)
             .ok()
             .and_then(|value| value["type"].as_str().map(str::to_owned));
+        let booking_change = match kind.as_deref() {
+            Some(HoldReleased::TYPE) => contracts::decode::<HoldReleased>(body)
+                .ok()
+                .map(|e| (e.payload.user_id, e.payload.booking_id, "released")),
+            Some(HoldExpired::TYPE) => contracts::decode::<HoldExpired>(body)
+                .ok()
+                .map(|e| (e.payload.user_id, e.payload.booking_id, "expired")),
+            _ => None,
+        };
+        if let Some((user, booking, status)) = booking_change {
+            self.tell_sockets(
+                user,
+                &serde_json::json!({"type": "booking", "booking_id": booking, "status": status}),
+            );
+            return;
+        }
         let outcome = match kind.as_deref() {
             Some(HoldPlaced::TYPE) => contracts::decode::<HoldPlaced>(body)
                 .ok()
@@ -110,10 +176,27 @@ impl Results {
         let Some(outcome) = outcome else {
             return;
         };
-        let command = match &outcome {
-            HoldOutcome::Placed(placed) => placed.command_id,
-            HoldOutcome::Rejected(rejected) => rejected.command_id,
+        let (command, user, message) = match &outcome {
+            HoldOutcome::Placed(placed) => (
+                placed.command_id,
+                placed.user_id,
+                serde_json::json!({
+                    "type": "hold_result", "request_id": placed.command_id, "status": "held",
+                    "booking_id": placed.booking_id, "seats": placed.seats, "total_cents": placed.total_cents,
+                    "currency": placed.currency,
+                    "expires_at": placed.expires_at.format(&time::format_description::well_known::Rfc3339).ok(),
+                }),
+            ),
+            HoldOutcome::Rejected(rejected) => (
+                rejected.command_id,
+                rejected.user_id,
+                serde_json::json!({
+                    "type": "hold_result", "request_id": rejected.command_id, "status": "rejected",
+                    "code": rejected.code.as_str(), "unavailable_seat_ids": rejected.unavailable_seat_ids,
+                }),
+            ),
         };
+        self.tell_sockets(user, &message);
         for sender in self.lock().remove(&command).unwrap_or_default() {
             let _ = sender.send(outcome.clone());
         }

@@ -311,9 +311,11 @@ async fn tell(
 }
 
 /// One fan's socket: position messages as the serving number moves (at most one a second),
-/// `admitted` with the token, `sold_out` / `closed` as the room changes; pings keep the place.
+/// `admitted` with the token, `sold_out` / `closed` as the room changes, the fan's
+/// `hold_result` and `booking` changes as the show's writer answers; pings keep the place.
 async fn fan_socket(mut socket: WebSocket, state: AppState, show: ShowId, user: UserId, mut place: Place) {
     let mut updates = state.hub.watch(show);
+    let mut results = state.holds.results.subscribe(user);
     let mut told = Told::default();
     state.hub.mark_alive(show, user);
     if !tell(&mut socket, &state, show, user, &place, &mut told).await {
@@ -362,6 +364,12 @@ async fn fan_socket(mut socket: WebSocket, state: AppState, show: ShowId, user: 
                     break;
                 }
                 metrics::ws_fanout(local.received.elapsed());
+            }
+            Some(result) = results.messages.recv() => {
+                let text = serde_json::to_string(&result).unwrap_or_default();
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    break;
+                }
             }
             incoming = socket.recv() => {
                 match incoming {

@@ -3,10 +3,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use common::{ids::ShowId, mq, testing::TestDatabase};
+use futures::StreamExt as _;
 use ingress::{Application, IngressConfig};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Connection as _;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
 use tokio_util::sync::CancellationToken;
 
 /// The secret test apps sign tokens with (tests forge tokens with it too).
@@ -365,4 +367,41 @@ pub fn access_kid() -> String {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
+}
+
+/// A client WebSocket.
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the show's waiting-room WebSocket as `access` (query parameter) with `origin`.
+pub async fn connect(
+    app: &TestApp,
+    show: &str,
+    access: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Socket, tungstenite::Error> {
+    let mut url = format!("{}/api/v1/shows/{show}/queue/ws", app.base.replace("http://", "ws://"));
+    if let Some(access) = access {
+        url.push_str(&format!("?access_token={access}"));
+    }
+    let mut request = url.into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request.headers_mut().insert("origin", origin.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(socket, _)| socket)
+}
+
+/// The next JSON text message (10 s at most).
+pub async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the socket is open")
+            .unwrap();
+        if let tungstenite::Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
 }

@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestApp, assert_problem};
+use crate::helpers::{TestApp, assert_problem, connect, next_json};
 
 /// An ingress, a booking-worker, and an on-sale show of `rows` × `per_row` seats.
 struct Sale {
@@ -381,4 +381,87 @@ async fn hold_requests_are_checked_before_anything_is_queued() {
         .hold(&fans[0], json!({"seat_ids": [SeatId::new()]}), None, 10)
         .await;
     assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_seats").await;
+}
+
+#[tokio::test]
+async fn the_fans_websocket_hears_the_hold_result_and_the_release() {
+    let sale = Sale::start(1, 6).await;
+    let fans = sale.fans(1).await;
+    let access = fans[0].0.clone();
+    // Open the room and admit the fan, as the admission controller would.
+    let redis = waiting_room::room::connect(&common::config::env_string(
+        "REDIS_URL",
+        common::config::defaults::REDIS_URL,
+    ))
+    .await
+    .unwrap();
+    let mut controller = waiting_room::controller::Controller::new(
+        redis,
+        sale.app.redis_prefix(),
+        waiting_room::controller::ControllerConfig::default(),
+    );
+    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap();
+    let settings = waiting_room::controller::ShowSettings {
+        show_id: sale.show,
+        prequeue_opens_at_ms: now - 10_000,
+        on_sale_at_ms: now - 5_000,
+        admit_per_second: 10,
+        max_active: 10,
+        paused: false,
+        sellable: 6,
+    };
+    controller.tick_show(&settings, now).await.unwrap();
+    let joined = sale
+        .app
+        .send(
+            Method::POST,
+            &format!("/api/v1/shows/{}/queue", sale.show),
+            Some(&access),
+            None,
+        )
+        .await;
+    assert_eq!(joined.status(), StatusCode::CREATED);
+    let show = sale.show.to_string();
+    let mut socket = connect(&sale.app, &show, Some(&access), None).await.unwrap();
+    controller.tick_show(&settings, now + 1_000).await.unwrap();
+    let admitted = loop {
+        let message = next_json(&mut socket).await;
+        if message["type"] == "admitted" {
+            break message;
+        }
+    };
+    let fan = (access.clone(), admitted["admission_token"].as_str().unwrap().to_owned());
+
+    let queued = sale
+        .hold(
+            &fan,
+            json!({"best_available": {"quantity": 2, "adjacent": true}}),
+            None,
+            0,
+        )
+        .await;
+    assert_eq!(queued.status(), StatusCode::ACCEPTED);
+    let queued: Value = queued.json().await.unwrap();
+    let result = next_json(&mut socket).await;
+    assert_eq!(result["type"], "hold_result");
+    assert_eq!(result["request_id"], queued["request_id"]);
+    assert_eq!(result["status"], "held");
+    assert_eq!(result["seats"].as_array().unwrap().len(), 2);
+    let booking = result["booking_id"].as_str().unwrap().to_owned();
+
+    let released = sale
+        .app
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/bookings/{booking}"),
+            Some(&access),
+            None,
+        )
+        .await;
+    assert_eq!(released.status(), StatusCode::ACCEPTED);
+    let change = next_json(&mut socket).await;
+    assert_eq!(
+        change,
+        json!({"type": "booking", "booking_id": booking, "status": "released"})
+    );
 }

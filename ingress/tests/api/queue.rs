@@ -8,11 +8,11 @@ use futures::{SinkExt as _, StreamExt as _};
 use ingress::auth::admission::Admitted;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+use tokio_tungstenite::tungstenite;
 use tower::ServiceExt as _;
 use waiting_room::controller::{Controller, ControllerConfig, ShowSettings};
 
-use crate::helpers::{JWT_SECRET, TestApp, assert_problem};
+use crate::helpers::{JWT_SECRET, Socket, TestApp, assert_problem, connect, next_json};
 
 fn now_ms() -> u64 {
     u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap()
@@ -200,40 +200,6 @@ async fn the_admission_guard_accepts_only_a_valid_token_of_the_same_user_and_sho
         call(None, Some(&valid)).await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
-}
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(
-    app: &TestApp,
-    show: &str,
-    access: Option<&str>,
-    origin: Option<&str>,
-) -> Result<Socket, tungstenite::Error> {
-    let mut url = format!("{}/api/v1/shows/{show}/queue/ws", app.base.replace("http://", "ws://"));
-    if let Some(access) = access {
-        url.push_str(&format!("?access_token={access}"));
-    }
-    let mut request = url.into_client_request().unwrap();
-    if let Some(origin) = origin {
-        request.headers_mut().insert("origin", origin.parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(request)
-        .await
-        .map(|(socket, _)| socket)
-}
-
-async fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a message within 10 s")
-            .expect("the socket is open")
-            .unwrap();
-        if let tungstenite::Message::Text(text) = message {
-            return serde_json::from_str(&text).unwrap();
-        }
-    }
 }
 
 fn handshake_status(outcome: Result<Socket, tungstenite::Error>) -> u16 {

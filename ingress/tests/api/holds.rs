@@ -465,3 +465,30 @@ async fn the_fans_websocket_hears_the_hold_result_and_the_release() {
         json!({"type": "booking", "booking_id": booking, "status": "released"})
     );
 }
+
+#[tokio::test]
+async fn a_request_the_broker_does_not_take_is_a_503_never_a_202() {
+    let sale = Sale::start(1, 4).await;
+    let fans = sale.fans(1).await;
+    // No writer and no queue for the show: the broker returns the message instead of confirming.
+    sale.worker.cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connection = common::mq::connect(
+        &common::config::env_string("AMQP_URL", common::config::defaults::AMQP_URL),
+        "holds-test",
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            common::mq::Topology::new(sale.app.mq_prefix()).show_queue(sale.show).into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let response = sale.hold(&fans[0], json!({"best_available": {"quantity": 1}}), None, 0).await;
+    assert_eq!(response.headers()["retry-after"], "2");
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable").await;
+    let _ = connection.close(200, "done".into()).await;
+}

@@ -35,7 +35,7 @@ use futures::StreamExt as _;
 use lapin::{
     Channel, Consumer,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use redis::aio::ConnectionManager;
@@ -47,6 +47,9 @@ use crate::{
     engine::{Batch, ShowState},
     metrics, store,
 };
+
+/// How often the show queue's depth is read for the gauge.
+const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(5);
 
 /// The longest the loop sleeps before looking at hold expiry again.
 const EXPIRY_RECHECK: Duration = Duration::from_secs(1);
@@ -180,6 +183,8 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> Stop {
     let mut writer: Option<Writer> = None;
+    let mut depth = tokio::time::interval(QUEUE_DEPTH_EVERY);
+    depth.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         // The next hold to lapse, looked at again at least every second: the clock is the
         // context's (tests move it), so a timer set from it could oversleep a jump.
@@ -191,6 +196,10 @@ async fn consume(
             biased;
             () = shutdown.cancelled() => return Stop::Shutdown,
             delivery = consumer.next() => delivery,
+            _ = depth.tick() => {
+                report_depth(context, show, channel).await;
+                continue;
+            }
             () = sleep_until(expiry) => {
                 if let Err(stop) = run_batch(context, show, channel, &mut writer, Vec::new(), shutdown).await {
                     return stop;
@@ -214,6 +223,24 @@ async fn consume(
         if let Err(stop) = run_batch(context, show, channel, &mut writer, deliveries, shutdown).await {
             return stop;
         }
+    }
+}
+
+/// Ready messages in the show's queue, for the depth gauge (a passive declare: no side effect).
+async fn report_depth(context: &Context, show: ShowId, channel: &Channel) {
+    let declared = channel
+        .queue_declare(
+            context.broker.topology().show_queue(show).into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match declared {
+        Ok(queue) => metrics::queue_depth(show, queue.message_count()),
+        Err(err) => tracing::debug!(%show, error = %err, "cannot read the queue depth"),
     }
 }
 

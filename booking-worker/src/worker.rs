@@ -267,7 +267,6 @@ async fn run_batch(
     deliveries: Vec<Delivery>,
     shutdown: &CancellationToken,
 ) -> Result<(), Stop> {
-    let started = std::time::Instant::now();
     let mut received = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         match ShowCommand::decode(&delivery.data) {
@@ -286,6 +285,20 @@ async fn run_batch(
     if let Some(oldest) = received.iter().map(|r| occurred_at(&r.command)).min() {
         metrics::queue_wait(show, (context.now() - oldest).as_seconds_f64().max(0.0));
     }
+    settle(context, show, channel, writer, received, shutdown).await
+}
+
+/// Applies and writes decoded commands until they are committed and acknowledged (retrying
+/// transient failures on the same deliveries), fenced, or dead-lettered.
+async fn settle(
+    context: &Context,
+    show: ShowId,
+    channel: &Channel,
+    writer: &mut Option<Writer>,
+    received: Vec<Received>,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
+    let started = std::time::Instant::now();
     let mut delay = context.config.retry_min;
     loop {
         if shutdown.is_cancelled() && writer.is_none() {
@@ -299,6 +312,31 @@ async fn run_batch(
                 metrics::fenced(show);
                 *writer = None;
                 return Err(Stop::Resubscribe);
+            }
+            Err(Failure::Permanent(err)) => {
+                // The state may be what is wrong: it is reloaded for whatever comes next.
+                *writer = None;
+                if received.len() > 1 {
+                    // Find the poison: the same commands, in the same order, one per batch.
+                    tracing::warn!(%show, error = %err, commands = received.len(), "batch refused by the database; applying its commands one by one");
+                    for one in received {
+                        Box::pin(settle(context, show, channel, writer, vec![one], shutdown)).await?;
+                    }
+                    return Ok(());
+                }
+                tracing::error!(%show, error = %err, "command refused by the database: dead-lettering it");
+                metrics::dead_lettered("refused");
+                if let Some(poison) = received.first()
+                    && let Err(err) = poison
+                        .delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await
+                {
+                    tracing::warn!(%show, error = %err, "cannot reject a delivery");
+                    return Err(Stop::Resubscribe);
+                }
+                return Ok(());
             }
             Err(Failure::Transient(stage, err)) => {
                 tracing::warn!(%show, stage, error = %err, retry_in = ?delay, "batch failed; retrying the same deliveries");
@@ -338,6 +376,9 @@ fn occurred_at(command: &ShowCommand) -> OffsetDateTime {
 
 enum Failure {
     Fenced,
+    /// The database refuses the batch itself (a constraint or a bad value): retrying the same
+    /// batch cannot help.
+    Permanent(sqlx::Error),
     Transient(&'static str, anyhow::Error),
 }
 
@@ -394,6 +435,7 @@ async fn attempt(
     {
         Ok(outbox) => outbox,
         Err(store::WriteError::Fenced(_)) => return Err(Failure::Fenced),
+        Err(store::WriteError::Database(err)) if refused(&err) => return Err(Failure::Permanent(err)),
         Err(store::WriteError::Database(err)) => return Err(Failure::Transient("write", err.into())),
     };
     active.published.clear();
@@ -407,6 +449,18 @@ async fn attempt(
     update_snapshot(context, show, active, &batch, version).await;
     metrics::seats(show, active.state.counts());
     Ok(())
+}
+
+/// Integrity-constraint violations (SQLSTATE class 23) and data exceptions (22) mean the batch
+/// itself is unacceptable; anything else (connection loss, restart, serialization) may pass on
+/// a retry.
+fn refused(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("23") || code.starts_with("22")),
+        _ => false,
+    }
 }
 
 fn kind(command: &ShowCommand) -> &'static str {

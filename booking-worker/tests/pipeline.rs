@@ -250,3 +250,48 @@ async fn an_undecodable_message_is_dead_lettered_and_the_show_goes_on() {
     assert_eq!(queue.message_count(), 1);
     harness.stop().await;
 }
+
+#[tokio::test]
+async fn a_command_the_database_refuses_is_dead_lettered_and_its_batch_neighbours_still_apply() {
+    let mut harness = Harness::new().await;
+    let show = harness.show(1, 6, 4).await;
+    let users = seed_users(harness.db(), 2).await;
+    // Both commands are queued before the worker starts, so they arrive in one batch.
+    let good_before = harness.hold(show.show, users[0], seats(&show.seats[..1])).await;
+    // A fan the database does not know (deleted, say): its booking breaks a foreign key.
+    let poison = harness.hold(show.show, UserId::new(), seats(&show.seats[1..2])).await;
+    let good_after = harness.hold(show.show, users[1], seats(&show.seats[2..3])).await;
+    harness.start_worker().await;
+    let results = harness.results(&[good_before, good_after]).await;
+    assert!(results.values().all(|(booking, _)| booking.is_some()), "{results:?}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM hold_request WHERE hold_request_id = $1")
+        .bind(poison)
+        .fetch_one(harness.db())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "the refused command left nothing behind");
+    let channel = harness.connection.create_channel().await.unwrap();
+    let mut dead = 0;
+    for _ in 0..50 {
+        dead = channel
+            .queue_declare(
+                harness.topology.dead_letter_queue().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count();
+        if dead == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead, 1, "the refused command is in the dead-letter queue");
+    harness.assert_no_double_booking(show.show).await;
+    harness.assert_snapshot_matches_database(show.show).await;
+    harness.stop().await;
+}

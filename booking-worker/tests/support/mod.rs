@@ -138,7 +138,10 @@ pub async fn seed_users(db: &PgPool, count: usize) -> Vec<UserId> {
 
 /// One test's world: database, prefixes, a publisher, a controllable clock and the worker.
 pub struct Harness {
-    pub database: TestDatabase,
+    /// The per-test database on the shared server (`None` when the test brings its own).
+    pub database: Option<TestDatabase>,
+    database_url: String,
+    pool: PgPool,
     pub topology: Topology,
     pub redis_prefix: String,
     pub publisher: Publisher,
@@ -152,6 +155,19 @@ pub struct Harness {
 impl Harness {
     pub async fn new() -> Self {
         let database = TestDatabase::create().await;
+        let url = database.url().to_owned();
+        let pool = database.pool().clone();
+        Self::with(Some(database), url, pool).await
+    }
+
+    /// A harness on a database the test provides, already migrated (a private PostgreSQL
+    /// cluster the test can restart, say).
+    pub async fn on_database(url: &str) -> Self {
+        let pool = common::db::pool(url, 10).unwrap();
+        Self::with(None, url.to_owned(), pool).await
+    }
+
+    async fn with(database: Option<TestDatabase>, database_url: String, pool: PgPool) -> Self {
         let topology = Topology::new(format!("test-{}.", uuid::Uuid::new_v4().simple()));
         let connection = mq::connect(&env("AMQP_URL", common::config::defaults::AMQP_URL), "booking-test")
             .await
@@ -160,6 +176,8 @@ impl Harness {
         topology.declare(publisher.channel()).await.unwrap();
         Self {
             database,
+            database_url,
+            pool,
             topology,
             redis_prefix: format!("test-{}:", uuid::Uuid::new_v4().simple()),
             publisher,
@@ -174,7 +192,7 @@ impl Harness {
     pub fn config(&self) -> ServiceConfig {
         ServiceConfig {
             common: CommonConfig {
-                database_url: self.database.url().to_owned(),
+                database_url: self.database_url.clone(),
                 database_max_connections: 8,
                 redis_url: env("REDIS_URL", common::config::defaults::REDIS_URL),
                 redis_key_prefix: self.redis_prefix.clone(),
@@ -195,7 +213,130 @@ impl Harness {
     }
 
     pub fn db(&self) -> &PgPool {
-        self.database.pool()
+        &self.pool
+    }
+
+    /// The environment of a `booking-worker` child process serving this harness's world: its
+    /// database, prefixes, fast discovery and relay, JSON logs (tests read them).
+    pub fn worker_env(&self, amqp_url: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url.clone()),
+            ("REDIS_URL", env("REDIS_URL", common::config::defaults::REDIS_URL)),
+            ("REDIS_KEY_PREFIX", self.redis_prefix.clone()),
+            ("AMQP_URL", amqp_url.to_owned()),
+            ("MQ_PREFIX", self.topology.prefix().to_owned()),
+            ("ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
+            ("BOOKING_DISCOVERY_MS", "100".to_owned()),
+            ("BOOKING_RELAY_SWEEP_MS", "200".to_owned()),
+            ("BOOKING_RELAY_AGE_MS", "500".to_owned()),
+            ("BOOKING_BATCH_MAX", "32".to_owned()),
+            ("RUST_LOG", "info,sqlx=warn,lapin=warn".to_owned()),
+            ("LOG_FORMAT", "json".to_owned()),
+        ]
+    }
+
+    /// How many of `commands` have a stored result (`None` while the database is unreachable).
+    pub async fn count_results(&self, commands: &[CommandId]) -> Option<i64> {
+        sqlx::query_scalar("SELECT count(*) FROM hold_request WHERE hold_request_id = ANY($1)")
+            .bind(commands)
+            .fetch_one(self.db())
+            .await
+            .ok()
+    }
+
+    /// The show's fencing epoch (`None` while the database is unreachable).
+    pub async fn writer_epoch(&self, show: ShowId) -> Option<i64> {
+        sqlx::query_scalar("SELECT writer_epoch FROM show WHERE show_id = $1")
+            .bind(show)
+            .fetch_one(self.db())
+            .await
+            .ok()
+    }
+
+    /// Stamps every `hold_request` row, as it is inserted, with the epoch of the batch writing
+    /// it (the high half of the `inventory_version` that batch's fence just set on the show row)
+    /// and with the show's current `writer_epoch`, plus an insertion sequence. Test databases
+    /// only: it proves which writer wrote which result.
+    pub async fn stamp_results_with_writer_epochs(&self) {
+        sqlx::raw_sql(
+            "ALTER TABLE hold_request ADD COLUMN test_seq bigserial, ADD COLUMN test_batch_epoch bigint,
+                                     ADD COLUMN test_current_epoch bigint;
+             CREATE FUNCTION test_stamp_writer_epoch() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 SELECT inventory_version >> 32, writer_epoch INTO NEW.test_batch_epoch, NEW.test_current_epoch
+                 FROM show WHERE show_id = NEW.show_id;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER test_stamp_writer_epoch BEFORE INSERT ON hold_request
+                 FOR EACH ROW EXECUTE FUNCTION test_stamp_writer_epoch();",
+        )
+        .execute(self.db())
+        .await
+        .unwrap();
+    }
+
+    /// With [`Self::stamp_results_with_writer_epochs`]: every result was written by the show's
+    /// writer of the moment (no zombie commit) and, in insertion order, no result of an older
+    /// writer follows one of a newer writer. Returns how many results each epoch wrote.
+    pub async fn assert_results_written_by_the_current_writer(&self, show: ShowId) -> Vec<(i64, i64)> {
+        let stale: Vec<(CommandId, i64, i64)> = sqlx::query_as(
+            "SELECT hold_request_id, test_batch_epoch, test_current_epoch FROM hold_request
+             WHERE show_id = $1 AND test_batch_epoch IS DISTINCT FROM test_current_epoch",
+        )
+        .bind(show)
+        .fetch_all(self.db())
+        .await
+        .unwrap();
+        assert!(
+            stale.is_empty(),
+            "results written by a writer that was no longer current: {stale:?}"
+        );
+        let backwards: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT test_batch_epoch < max(test_batch_epoch) OVER (ORDER BY test_seq) AS back
+                                   FROM hold_request WHERE show_id = $1) d
+             WHERE back",
+        )
+        .bind(show)
+        .fetch_one(self.db())
+        .await
+        .unwrap();
+        assert_eq!(backwards, 0, "an older writer wrote results after a newer one");
+        sqlx::query_as(
+            "SELECT test_batch_epoch, count(*) FROM hold_request WHERE show_id = $1
+             GROUP BY test_batch_epoch ORDER BY test_batch_epoch",
+        )
+        .bind(show)
+        .fetch_all(self.db())
+        .await
+        .unwrap()
+    }
+
+    /// No command made two bookings, and each held result names the booking of its command.
+    pub async fn assert_one_booking_per_command(&self, show: ShowId) {
+        let twice: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT command_id FROM booking WHERE show_id = $1
+             GROUP BY command_id HAVING count(*) > 1) d",
+        )
+        .bind(show)
+        .fetch_one(self.db())
+        .await
+        .unwrap();
+        assert_eq!(twice, 0, "a command made two bookings");
+        let strays: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM booking b
+             FULL JOIN hold_request h ON h.booking_id = b.booking_id
+             WHERE coalesce(b.show_id, h.show_id) = $1
+               AND (h.hold_request_id IS NULL OR b.booking_id IS NULL AND h.status = 'held'
+                    OR h.hold_request_id <> b.command_id)",
+        )
+        .bind(show)
+        .fetch_one(self.db())
+        .await
+        .unwrap();
+        assert_eq!(
+            strays, 0,
+            "a booking without its hold result, or a result naming another command's booking"
+        );
     }
 
     pub async fn show(&mut self, rows: u32, per_row: u32, max_per_user: i32) -> TestShow {

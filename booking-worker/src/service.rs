@@ -176,6 +176,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> anyhow::
 /// crashed, or the broker was down), oldest first. Consumers deduplicate by message id, so a row
 /// published twice (published, then the worker died before marking it) is harmless.
 async fn relay(context: Arc<Context>, interval: Duration, age: Duration, shutdown: CancellationToken) {
+    let mut last_prune = std::time::Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
@@ -184,8 +185,21 @@ async fn relay(context: Arc<Context>, interval: Duration, age: Duration, shutdow
         if let Err(err) = sweep(&context.db, &context, age).await {
             tracing::warn!(error = %err, "outbox sweep failed");
         }
+        if last_prune.elapsed() >= OUTBOX_PRUNE_EVERY {
+            last_prune = std::time::Instant::now();
+            match store::prune_outbox(&context.db, OUTBOX_KEEP, 10_000).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, "pruned published outbox rows"),
+                Err(err) => tracing::warn!(error = %err, "outbox pruning failed"),
+            }
+        }
     }
 }
+
+/// Published outbox rows are kept this long (for inspection after an incident), then deleted.
+const OUTBOX_KEEP: Duration = Duration::from_secs(3600);
+/// How often the relay prunes them.
+const OUTBOX_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 async fn sweep(db: &PgPool, context: &Context, age: Duration) -> anyhow::Result<()> {
     let Ok(publisher) = context.broker.publisher() else {

@@ -508,3 +508,22 @@ pub async fn unpublished(
     .fetch_all(db)
     .await
 }
+
+/// Deletes up to `limit` outbox rows published longer ago than `older_than`: the outbox is a
+/// hand-off, not an archive, and would otherwise grow with every event.
+#[tracing::instrument(skip(db))]
+pub async fn prune_outbox(
+    db: impl PgExecutor<'_>,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM outbox WHERE outbox_id IN (
+             SELECT outbox_id FROM outbox WHERE published_at < now() - $1::interval ORDER BY outbox_id LIMIT $2)",
+    )
+    .bind(older_than)
+    .bind(limit)
+    .execute(db)
+    .await?
+    .rows_affected())
+}

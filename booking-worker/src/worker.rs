@@ -305,8 +305,13 @@ async fn settle(
             // Never activated for these: leave them unacknowledged for the next writer.
             return Err(Stop::Shutdown);
         }
-        match attempt(context, show, writer, &received).await {
+        match attempt(context, show, channel, writer, &received).await {
             Ok(()) => break,
+            Err(Failure::Unsubscribed(err)) => {
+                tracing::warn!(%show, error = %err, "the show's queue is no longer ours; not taking the show over");
+                *writer = None;
+                return Err(Stop::Resubscribe);
+            }
             Err(Failure::Fenced) => {
                 tracing::warn!(%show, "fenced: another worker is the show's writer now; standing down");
                 metrics::fenced(show);
@@ -376,6 +381,9 @@ fn occurred_at(command: &ShowCommand) -> OffsetDateTime {
 
 enum Failure {
     Fenced,
+    /// The channel is gone: RabbitMQ may have given the queue, these deliveries included, to
+    /// another consumer.
+    Unsubscribed(lapin::Error),
     /// The database refuses the batch itself (a constraint or a bad value): retrying the same
     /// batch cannot help.
     Permanent(sqlx::Error),
@@ -386,10 +394,20 @@ enum Failure {
 async fn attempt(
     context: &Context,
     show: ShowId,
+    channel: &Channel,
     writer: &mut Option<Writer>,
     received: &[Received],
 ) -> Result<(), Failure> {
     if writer.is_none() {
+        // Only the queue's active consumer may take the show over, and deliveries in hand do
+        // not prove this one still is: after a pause (a stalled VM, SIGSTOP) RabbitMQ may have
+        // closed the connection for missed heartbeats and handed the queue to a standby, which
+        // the client learns only when it next reads the socket. Taking over then would fence the
+        // rightful writer. A round trip on the channel (re-stating its prefetch) settles it.
+        channel
+            .basic_qos(context.config.batch_max.saturating_mul(2), BasicQosOptions::default())
+            .await
+            .map_err(Failure::Unsubscribed)?;
         *writer = Some(activate(context, show).await?);
     }
     let Some(active) = writer.as_mut() else {

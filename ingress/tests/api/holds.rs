@@ -482,12 +482,16 @@ async fn a_request_the_broker_does_not_take_is_a_503_never_a_202() {
     let channel = connection.create_channel().await.unwrap();
     channel
         .queue_delete(
-            common::mq::Topology::new(sale.app.mq_prefix()).show_queue(sale.show).into(),
+            common::mq::Topology::new(sale.app.mq_prefix())
+                .show_queue(sale.show)
+                .into(),
             lapin::options::QueueDeleteOptions::default(),
         )
         .await
         .unwrap();
-    let response = sale.hold(&fans[0], json!({"best_available": {"quantity": 1}}), None, 0).await;
+    let response = sale
+        .hold(&fans[0], json!({"best_available": {"quantity": 1}}), None, 0)
+        .await;
     assert_eq!(response.headers()["retry-after"], "2");
     assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable").await;
     let _ = connection.close(200, "done".into()).await;

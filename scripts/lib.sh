@@ -40,7 +40,8 @@ FG_REDIS_LOG=/var/log/redis/floodgate.log
 FG_WAIT_SECONDS="${FLOODGATE_WAIT_SECONDS:-60}"
 
 # Connection defaults for the processes and the tests; a value set by the caller wins.
-export DATABASE_URL="${DATABASE_URL:-postgres://$FG_DB_ROLE:$FG_DB_PASSWORD@$FG_HOST:$FG_PG_PORT/$FG_DB_NAME}"
+# No TLS to the local server: see common/src/config.rs (defaults::DATABASE_URL) for why.
+export DATABASE_URL="${DATABASE_URL:-postgres://$FG_DB_ROLE:$FG_DB_PASSWORD@$FG_HOST:$FG_PG_PORT/$FG_DB_NAME?sslmode=disable}"
 export REDIS_URL="${REDIS_URL:-redis://$FG_HOST:$FG_REDIS_PORT}"
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@$FG_HOST:$FG_AMQP_PORT/%2f}"
 

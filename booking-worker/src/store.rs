@@ -222,7 +222,13 @@ pub async fn write_batch(
     published: &[i64],
 ) -> Result<Vec<i64>, WriteError> {
     let show = state.show_id();
-    let mut tx = db.begin().await?;
+    // A writer that stalls inside this transaction (paused, partitioned) would hold the show
+    // row, and the next writer's take-over would wait on it for as long as the stall lasts,
+    // whatever RabbitMQ decided: PostgreSQL ends such a session instead, the batch rolls back,
+    // and its deliveries are the next writer's. A live writer is never idle here for long.
+    let mut tx = db
+        .begin_with("BEGIN; SET LOCAL idle_in_transaction_session_timeout = '5s'")
+        .await?;
     // The fence: an UPDATE of the show row conditioned on the epoch both takes the row lock
     // (as SELECT ... FOR UPDATE would, serialising with a takeover's bump) and records the new
     // inventory version in one round trip. Zero rows: someone else is the writer.
@@ -436,28 +442,35 @@ async fn insert_outbox(
     batch: &Batch,
     events_exchange: &str,
 ) -> Result<Vec<i64>, sqlx::Error> {
-    if batch.events.is_empty() {
-        return Ok(Vec::new());
+    let mut outbox_ids = Vec::with_capacity(batch.events.len());
+    // Chunks keep each statement under one loopback TCP segment (64 KiB): a larger message
+    // ends in a partial segment that Nagle holds back until the server's delayed ACK, ~40 ms.
+    for events in batch.events.chunks(OUTBOX_CHUNK) {
+        let ids: Vec<MessageId> = events.iter().map(|e| e.message_id).collect();
+        let keys: Vec<&str> = events.iter().map(|e| e.routing_key.as_str()).collect();
+        let bodies: Vec<&serde_json::Value> = events.iter().map(|e| &e.body).collect();
+        // WITH ORDINALITY keeps the events' order in their outbox ids, so the relay's sweep
+        // publishes them in the order they happened.
+        let chunk: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO outbox (message_id, exchange, routing_key, body)
+             SELECT o.message_id, $1, o.routing_key, o.body
+             FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS o (message_id, routing_key, body, n)
+             ORDER BY o.n
+             RETURNING outbox_id",
+        )
+        .bind(events_exchange)
+        .bind(&ids)
+        .bind(&keys)
+        .bind(&bodies)
+        .fetch_all(&mut **tx)
+        .await?;
+        outbox_ids.extend(chunk);
     }
-    let ids: Vec<MessageId> = batch.events.iter().map(|e| e.message_id).collect();
-    let keys: Vec<&str> = batch.events.iter().map(|e| e.routing_key.as_str()).collect();
-    let bodies: Vec<&serde_json::Value> = batch.events.iter().map(|e| &e.body).collect();
-    // WITH ORDINALITY keeps the events' order in their outbox ids, so the relay's sweep
-    // publishes them in the order they happened.
-    sqlx::query_scalar(
-        "INSERT INTO outbox (message_id, exchange, routing_key, body)
-         SELECT o.message_id, $1, o.routing_key, o.body
-         FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS o (message_id, routing_key, body, n)
-         ORDER BY o.n
-         RETURNING outbox_id",
-    )
-    .bind(events_exchange)
-    .bind(&ids)
-    .bind(&keys)
-    .bind(&bodies)
-    .fetch_all(&mut **tx)
-    .await
+    Ok(outbox_ids)
 }
+
+/// Events per outbox statement (an event's envelope is a few hundred bytes).
+const OUTBOX_CHUNK: usize = 64;
 
 /// Marks outbox rows as published.
 #[tracing::instrument(skip(db, ids), fields(rows = ids.len()))]

@@ -23,7 +23,13 @@
 //! - channel or connection lost: re-subscribe once the broker is back (the unacknowledged
 //!   deliveries are redelivered to whichever consumer RabbitMQ makes active).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use common::{
     availability,
@@ -41,12 +47,10 @@ use lapin::{
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use time::OffsetDateTime;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    engine::{Batch, ShowState},
-    metrics, store,
-};
+use crate::{engine::ShowState, metrics, store};
 
 /// How often the show queue's depth is read for the gauge.
 const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(5);
@@ -103,14 +107,25 @@ struct Writer {
     epoch: i64,
     batches: u32,
     /// Outbox rows published since the last commit, marked in the next batch's transaction.
-    published: Vec<i64>,
+    published: Arc<Mutex<Vec<i64>>>,
     /// The snapshot missed a write: rebuild it whole at the next batch.
-    snapshot_stale: bool,
+    snapshot_stale: Arc<AtomicBool>,
+    /// The previous batch's post-commit work (publish, snapshot, ack), still running while
+    /// this batch is applied and written: batches overlap, their post-commit steps do not.
+    post: Option<JoinHandle<()>>,
 }
 
 impl Writer {
     fn version(&self) -> u64 {
         availability::version(self.epoch, self.batches)
+    }
+}
+
+/// Lets go of the show's state, once the last batch's post-commit work (its acknowledgement
+/// above all) is done: a later ack must never overtake it.
+async fn stand_down(writer: &mut Option<Writer>) {
+    if let Some(post) = writer.take().and_then(|writer| writer.post) {
+        let _ = post.await;
     }
 }
 
@@ -176,13 +191,27 @@ async fn subscribe(context: &Context, show: ShowId) -> anyhow::Result<(Channel, 
 }
 
 async fn consume(
-    context: &Context,
+    context: &Arc<Context>,
+    show: ShowId,
+    channel: &Channel,
+    consumer: Consumer,
+    shutdown: &CancellationToken,
+) -> Stop {
+    let mut writer: Option<Writer> = None;
+    let stop = consume_into(context, show, channel, consumer, shutdown, &mut writer).await;
+    // The last batch's events and acknowledgement go out before the channel closes.
+    stand_down(&mut writer).await;
+    stop
+}
+
+async fn consume_into(
+    context: &Arc<Context>,
     show: ShowId,
     channel: &Channel,
     mut consumer: Consumer,
     shutdown: &CancellationToken,
+    writer: &mut Option<Writer>,
 ) -> Stop {
-    let mut writer: Option<Writer> = None;
     let mut depth = tokio::time::interval(QUEUE_DEPTH_EVERY);
     depth.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -201,7 +230,7 @@ async fn consume(
                 continue;
             }
             () = sleep_until(expiry) => {
-                if let Err(stop) = run_batch(context, show, channel, &mut writer, Vec::new(), shutdown).await {
+                if let Err(stop) = run_batch(context, show, channel, writer, Vec::new(), shutdown).await {
                     return stop;
                 }
                 continue;
@@ -220,7 +249,7 @@ async fn consume(
                 Err(_elapsed) => break,
             }
         }
-        if let Err(stop) = run_batch(context, show, channel, &mut writer, deliveries, shutdown).await {
+        if let Err(stop) = run_batch(context, show, channel, writer, deliveries, shutdown).await {
             return stop;
         }
     }
@@ -260,7 +289,7 @@ struct Received {
 /// Applies and writes one batch, retrying transient failures on the same deliveries until it
 /// succeeds, is fenced, or shutdown is asked.
 async fn run_batch(
-    context: &Context,
+    context: &Arc<Context>,
     show: ShowId,
     channel: &Channel,
     writer: &mut Option<Writer>,
@@ -291,7 +320,7 @@ async fn run_batch(
 /// Applies and writes decoded commands until they are committed and acknowledged (retrying
 /// transient failures on the same deliveries), fenced, or dead-lettered.
 async fn settle(
-    context: &Context,
+    context: &Arc<Context>,
     show: ShowId,
     channel: &Channel,
     writer: &mut Option<Writer>,
@@ -306,21 +335,25 @@ async fn settle(
             return Err(Stop::Shutdown);
         }
         match attempt(context, show, channel, writer, &received).await {
-            Ok(()) => break,
+            Ok(Acked::Later) => {
+                metrics::batch(received.len(), started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            Ok(Acked::Now) => break,
             Err(Failure::Unsubscribed(err)) => {
                 tracing::warn!(%show, error = %err, "the show's queue is no longer ours; not taking the show over");
-                *writer = None;
+                stand_down(writer).await;
                 return Err(Stop::Resubscribe);
             }
             Err(Failure::Fenced) => {
                 tracing::warn!(%show, "fenced: another worker is the show's writer now; standing down");
                 metrics::fenced(show);
-                *writer = None;
+                stand_down(writer).await;
                 return Err(Stop::Resubscribe);
             }
             Err(Failure::Permanent(err)) => {
                 // The state may be what is wrong: it is reloaded for whatever comes next.
-                *writer = None;
+                stand_down(writer).await;
                 if received.len() > 1 {
                     // Find the poison: the same commands, in the same order, one per batch.
                     tracing::warn!(%show, error = %err, commands = received.len(), "batch refused by the database; applying its commands one by one");
@@ -346,7 +379,7 @@ async fn settle(
             Err(Failure::Transient(stage, err)) => {
                 tracing::warn!(%show, stage, error = %err, retry_in = ?delay, "batch failed; retrying the same deliveries");
                 metrics::transient(stage);
-                *writer = None;
+                stand_down(writer).await;
                 if !channel.status().connected() {
                     return Err(Stop::Resubscribe);
                 }
@@ -392,12 +425,12 @@ enum Failure {
 
 /// One try at a batch: activate if needed, apply, commit, publish, snapshot.
 async fn attempt(
-    context: &Context,
+    context: &Arc<Context>,
     show: ShowId,
     channel: &Channel,
     writer: &mut Option<Writer>,
     received: &[Received],
-) -> Result<(), Failure> {
+) -> Result<Acked, Failure> {
     if writer.is_none() {
         // Only the queue's active consumer may take the show over, and deliveries in hand do
         // not prove this one still is: after a pause (a stalled VM, SIGSTOP) RabbitMQ may have
@@ -434,12 +467,20 @@ async fn attempt(
     }
     let expired = active.state.expire(&mut batch, now);
     if batch.is_empty() {
-        return Ok(());
+        // The caller acknowledges these at once, so the previous batch's (multiple) ack must
+        // have gone first: acknowledging a tag twice closes the channel.
+        if let Some(previous) = active.post.take() {
+            let _ = previous.await;
+        }
+        return Ok(Acked::Now);
     }
     active.batches += 1;
     let version = active.version();
     active.state.finish(&mut batch, version);
     let events_exchange = context.broker.topology().events_exchange();
+    // Rows earlier batches published, marked in this transaction (lost on failure: the relay
+    // then publishes them again, which consumers absorb).
+    let published = std::mem::take(&mut *active.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
     let outbox = match store::write_batch(
         &context.db,
         &active.state,
@@ -447,7 +488,7 @@ async fn attempt(
         active.epoch,
         version,
         &events_exchange,
-        &active.published,
+        &published,
     )
     .await
     {
@@ -456,17 +497,162 @@ async fn attempt(
         Err(store::WriteError::Database(err)) if refused(&err) => return Err(Failure::Permanent(err)),
         Err(store::WriteError::Database(err)) => return Err(Failure::Transient("write", err.into())),
     };
-    active.published.clear();
     for (r, outcome) in received.iter().zip(&outcomes) {
         metrics::command(kind(&r.command), outcome.label());
     }
     if expired > 0 {
         tracing::info!(%show, expired, "holds expired");
     }
-    publish(context, active, &batch, &outbox, received).await;
-    update_snapshot(context, show, active, &batch, version).await;
     metrics::seats(show, active.state.counts());
-    Ok(())
+    // What the post-commit step needs, taken from the state now (the next batch changes it).
+    let snapshot = if active.snapshot_stale.swap(false, Ordering::SeqCst) {
+        SnapshotWrite::Rebuild(availability::Snapshot {
+            bitmap: active.state.bitmap(),
+            statuses: active.state.statuses(),
+            counts: active.state.counts(),
+            version,
+        })
+    } else {
+        SnapshotWrite::Apply {
+            changes: batch
+                .changed_seats
+                .iter()
+                .map(|index| (*index, active.state.status_byte(*index)))
+                .collect(),
+            counts: active.state.counts(),
+            version,
+        }
+    };
+    let post = PostCommit {
+        show,
+        epoch: active.epoch,
+        events: std::mem::take(&mut batch.events),
+        outbox,
+        snapshot,
+        holds_published_at: received
+            .iter()
+            .filter_map(|r| match &r.command {
+                ShowCommand::HoldSeats(envelope) => Some(envelope.occurred_at),
+                ShowCommand::ReleaseHold(_) => None,
+            })
+            .collect(),
+        ack: received.last().map(|r| r.delivery.acker.clone()),
+        published: Arc::clone(&active.published),
+        snapshot_stale: Arc::clone(&active.snapshot_stale),
+    };
+    let previous = active.post.take();
+    let context = Arc::clone(context);
+    active.post = Some(tokio::spawn(async move {
+        if let Some(previous) = previous {
+            let _ = previous.await;
+        }
+        post.run(&context).await;
+    }));
+    Ok(Acked::Later)
+}
+
+/// Whether a batch's deliveries are acknowledged yet.
+enum Acked {
+    /// Nothing was written (all duplicates, or nothing to do): the caller acknowledges.
+    Now,
+    /// The post-commit task acknowledges once the events are out.
+    Later,
+}
+
+/// How the batch reaches the Redis snapshot.
+enum SnapshotWrite {
+    /// The whole snapshot (first batch, or after a missed write).
+    Rebuild(availability::Snapshot),
+    /// Only the seats that changed.
+    Apply {
+        changes: Vec<(u32, u8)>,
+        counts: SeatCounts,
+        version: u64,
+    },
+}
+
+/// What happens after a batch committed, in order: its events are published with confirms
+/// (rows that do not make it are left to the relay), the snapshot is updated, and the batch is
+/// acknowledged. It runs while the next batch is being applied and written.
+struct PostCommit {
+    show: ShowId,
+    epoch: i64,
+    events: Vec<crate::engine::OutgoingEvent>,
+    outbox: Vec<i64>,
+    snapshot: SnapshotWrite,
+    holds_published_at: Vec<OffsetDateTime>,
+    ack: Option<lapin::Acker>,
+    published: Arc<Mutex<Vec<i64>>>,
+    snapshot_stale: Arc<AtomicBool>,
+}
+
+impl PostCommit {
+    async fn run(self, context: &Context) {
+        let show = self.show;
+        if let Ok(publisher) = context.broker.publisher() {
+            let exchange = context.broker.topology().events_exchange();
+            let sends = self.events.iter().zip(&self.outbox).map(|(event, id)| {
+                let publisher = publisher.clone();
+                let exchange = exchange.clone();
+                async move {
+                    let body = serde_json::to_vec(&event.body).unwrap_or_default();
+                    let sent = publisher
+                        .broadcast_raw(
+                            &exchange,
+                            &event.routing_key,
+                            &event.message_id.to_string(),
+                            event.kind,
+                            &body,
+                        )
+                        .await;
+                    (sent, *id)
+                }
+            });
+            let mut published = Vec::with_capacity(self.outbox.len());
+            for (sent, id) in futures::future::join_all(sends).await {
+                match sent {
+                    Ok(()) => published.push(id),
+                    Err(err) => tracing::warn!(%show, error = %err, "event not published; the relay will retry"),
+                }
+            }
+            self.published
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .extend(published);
+        } else {
+            tracing::warn!(%show, "broker unavailable: the outbox relay will publish this batch's events");
+        }
+        let now = context.now();
+        for at in &self.holds_published_at {
+            metrics::hold_latency((now - *at).as_seconds_f64().max(0.0));
+        }
+        let keys = availability::Keys::new(&context.redis_prefix, show);
+        let mut redis = context.redis.clone();
+        let written = match &self.snapshot {
+            SnapshotWrite::Rebuild(snapshot) => availability::rebuild(&mut redis, &keys, self.epoch, snapshot).await,
+            SnapshotWrite::Apply { changes, .. } if changes.is_empty() => Ok(availability::Written::Applied),
+            SnapshotWrite::Apply {
+                changes,
+                counts,
+                version,
+            } => availability::apply(&mut redis, &keys, self.epoch, changes, *counts, *version).await,
+        };
+        match written {
+            Ok(availability::Written::Applied) => {}
+            Ok(availability::Written::Fenced) => self.snapshot_stale.store(true, Ordering::SeqCst),
+            Err(err) => {
+                tracing::warn!(%show, error = %err, "cannot update the availability snapshot; will rebuild it");
+                self.snapshot_stale.store(true, Ordering::SeqCst);
+            }
+        }
+        // Acknowledged last, after the commit and the publishes (one multiple-ack for the batch).
+        if let Some(ack) = self.ack
+            && let Err(err) = ack.ack(BasicAckOptions { multiple: true }).await
+        {
+            // The channel is gone: the batch will be redelivered and answered from the store.
+            tracing::warn!(%show, error = %err, "cannot acknowledge the batch");
+        }
+    }
 }
 
 /// Integrity-constraint violations (SQLSTATE class 23) and data exceptions (22) mean the batch
@@ -497,22 +683,14 @@ async fn activate(context: &Context, show: ShowId) -> Result<Writer, Failure> {
     let state = store::load_show(&context.db, show)
         .await
         .map_err(|err| Failure::Transient("load", err.into()))?;
-    let mut writer = Writer {
+    let writer = Writer {
         state,
         epoch,
         batches: 0,
-        published: Vec::new(),
-        snapshot_stale: true,
+        published: Arc::new(Mutex::new(Vec::new())),
+        snapshot_stale: Arc::new(AtomicBool::new(false)),
+        post: None,
     };
-    rebuild_snapshot(context, show, &mut writer).await;
-    tracing::info!(%show, epoch, counts = ?writer.state.counts(), "became the show's writer");
-    metrics::active(show, true);
-    metrics::seats(show, writer.state.counts());
-    Ok(writer)
-}
-
-async fn rebuild_snapshot(context: &Context, show: ShowId, writer: &mut Writer) {
-    let keys = availability::Keys::new(&context.redis_prefix, show);
     let snapshot = availability::Snapshot {
         bitmap: writer.state.bitmap(),
         statuses: writer.state.statuses(),
@@ -520,75 +698,17 @@ async fn rebuild_snapshot(context: &Context, show: ShowId, writer: &mut Writer) 
         version: writer.version(),
     };
     let mut redis = context.redis.clone();
-    match availability::rebuild(&mut redis, &keys, writer.epoch, &snapshot).await {
-        Ok(availability::Written::Applied) => writer.snapshot_stale = false,
-        Ok(availability::Written::Fenced) => {
-            tracing::warn!(%show, "a newer writer owns the availability snapshot");
-        }
-        Err(err) => tracing::warn!(%show, error = %err, "cannot rebuild the availability snapshot"),
-    }
-}
-
-/// Publishes the batch's events with confirms; rows that did not make it are left to the relay.
-async fn publish(context: &Context, writer: &mut Writer, batch: &Batch, outbox: &[i64], received: &[Received]) {
-    let Ok(publisher) = context.broker.publisher() else {
-        tracing::warn!("broker unavailable: the outbox relay will publish this batch's events");
-        return;
-    };
-    let exchange = context.broker.topology().events_exchange();
-    let sends = batch.events.iter().zip(outbox).map(|(event, id)| {
-        let publisher = publisher.clone();
-        let exchange = exchange.clone();
-        async move {
-            let body = serde_json::to_vec(&event.body).unwrap_or_default();
-            let sent = publisher
-                .broadcast_raw(
-                    &exchange,
-                    &event.routing_key,
-                    &event.message_id.to_string(),
-                    event.kind,
-                    &body,
-                )
-                .await;
-            (sent, *id)
-        }
-    });
-    for (sent, id) in futures::future::join_all(sends).await {
-        match sent {
-            Ok(()) => writer.published.push(id),
-            Err(err) => tracing::warn!(error = %err, "event not published; the relay will retry"),
-        }
-    }
-    let now = context.now();
-    for r in received {
-        if let ShowCommand::HoldSeats(envelope) = &r.command {
-            metrics::hold_latency((now - envelope.occurred_at).as_seconds_f64().max(0.0));
-        }
-    }
-}
-
-async fn update_snapshot(context: &Context, show: ShowId, writer: &mut Writer, batch: &Batch, version: u64) {
-    if writer.snapshot_stale {
-        rebuild_snapshot(context, show, writer).await;
-        return;
-    }
-    if batch.changed_seats.is_empty() {
-        return;
-    }
     let keys = availability::Keys::new(&context.redis_prefix, show);
-    let changes: Vec<(u32, u8)> = batch
-        .changed_seats
-        .iter()
-        .map(|index| (*index, writer.state.status_byte(*index)))
-        .collect();
-    let counts: SeatCounts = writer.state.counts();
-    let mut redis = context.redis.clone();
-    match availability::apply(&mut redis, &keys, writer.epoch, &changes, counts, version).await {
+    match availability::rebuild(&mut redis, &keys, epoch, &snapshot).await {
         Ok(availability::Written::Applied) => {}
-        Ok(availability::Written::Fenced) => writer.snapshot_stale = true,
+        Ok(availability::Written::Fenced) => tracing::warn!(%show, "a newer writer owns the availability snapshot"),
         Err(err) => {
-            tracing::warn!(%show, error = %err, "cannot update the availability snapshot; will rebuild it");
-            writer.snapshot_stale = true;
+            tracing::warn!(%show, error = %err, "cannot rebuild the availability snapshot; will retry");
+            writer.snapshot_stale.store(true, Ordering::SeqCst);
         }
     }
+    tracing::info!(%show, epoch, counts = ?writer.state.counts(), "became the show's writer");
+    metrics::active(show, true);
+    metrics::seats(show, writer.state.counts());
+    Ok(writer)
 }

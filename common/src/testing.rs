@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use crate::config::env_string;
 
 /// The default maintenance connection used to create and drop test databases.
-pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://floodgate:floodgate@127.0.0.1:5432/postgres";
+pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://floodgate:floodgate@127.0.0.1:5432/postgres?sslmode=disable";
 
 /// A database that exists for the lifetime of this value.
 pub struct TestDatabase {
@@ -32,10 +32,15 @@ impl TestDatabase {
             .await
             .expect("the test role may create databases");
         admin.close().await.ok();
-        let (base, _) = maintenance_url
+        // Same server and options, other database: .../postgres?sslmode=x -> .../<name>?sslmode=x
+        let (path, query) = match maintenance_url.split_once('?') {
+            Some((path, query)) => (path, format!("?{query}")),
+            None => (maintenance_url.as_str(), String::new()),
+        };
+        let (base, _) = path
             .rsplit_once('/')
             .expect("TEST_DATABASE_URL ends with a database name");
-        let url = format!("{base}/{name}");
+        let url = format!("{base}/{name}{query}");
         let pool = crate::db::pool(&url, 10).expect("test database URL is valid");
         crate::db::migrate(&pool)
             .await

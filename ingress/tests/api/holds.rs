@@ -277,10 +277,13 @@ async fn a_fan_follows_a_request_reads_the_booking_and_releases_it() {
     assert_eq!(status, StatusCode::CREATED);
 
     // The seat map and availability come from the writer's snapshot: the two held seats show.
+    // (The writer publishes a result before it updates the snapshot, so wait for the map to
+    // settle: two reads 100 ms apart with the same version.)
     let mut map = Value::Null;
     for _ in 0..50 {
+        let previous = map["version"].clone();
         map = sale.app.get_json(&format!("/api/v1/shows/{}/seats", sale.show)).await;
-        if map["counts"]["held"] == 2 {
+        if map["counts"]["held"] == 2 && map["version"] == previous {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

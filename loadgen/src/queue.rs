@@ -21,14 +21,13 @@ use std::{
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _, protocol::WebSocketConfig};
 use waiting_room::{controller::RoomUpdate, keys::Keys};
 
 use crate::{
     fans,
-    report::{Latency, Summary, resident_bytes},
+    report::{Latency, Summary, bar, resident_bytes},
 };
 
 /// `loadgen queue` options.
@@ -123,17 +122,6 @@ struct QueueResult {
     ingress_rss_before_bytes: Option<u64>,
     ingress_rss_holding_bytes: Option<u64>,
     ingress_bytes_per_connection: Option<f64>,
-}
-
-fn bar(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("static template is valid")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_owned());
-    bar
 }
 
 /// Runs the benchmark and writes the result.

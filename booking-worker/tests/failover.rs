@@ -34,8 +34,12 @@ use support::{Harness, TestShow, seats, seed_users};
 const REQUESTS: usize = 900;
 /// Requests published back to back before the publisher waits for their confirms and paces.
 const CHUNK: usize = 8;
-/// Pause between chunks: about 300 requests a second, so a stream lasts about three seconds.
+/// Pause between chunks of a paced stream: about 300 requests a second, slower than a worker
+/// applies them.
 const PACE: Duration = Duration::from_millis(25);
+/// A burst: as fast as the broker confirms, faster than a worker applies them, so the worker has
+/// a backlog and is mid-batch (applying, committing, publishing, acknowledging) when it fails.
+const BURST: Duration = Duration::ZERO;
 
 // ---------------------------------------------------------------------------------------------
 // Tests
@@ -55,16 +59,24 @@ async fn the_standby_takes_over_when_the_active_worker_is_killed_and_every_accep
     ]);
     workers.wait_until_all_subscribed().await;
 
+    let mut commits = Commits::listen(&harness).await;
     let stream = Stream::new(&harness, show.show, &requests);
-    let publishing = stream.publish(0..REQUESTS);
-    wait_for_results(&harness, &commands, REQUESTS / 4, "a quarter of the results").await;
-    let active = workers.the_active_one();
+    let burst = stream.publish(0..REQUESTS / 2, BURST);
+    let publishing = stream.publish(REQUESTS / 2..REQUESTS, PACE);
+    wait_for_results(&harness, &commands, REQUESTS / 6, "a sixth of the results").await;
+    let active = workers.the_active_one().await;
     let published_at_kill = stream.published();
+    let answered_at_kill = harness.count_results(&commands).await.unwrap() as usize;
+    // Right after a commit, before the batch is acknowledged: the standby gets that batch
+    // again and must answer it from the store, not apply it twice.
+    commits.wait_for_the_next().await;
     workers.0[active].kill();
+    eprintln!("[test] killed the writer with {answered_at_kill} answered of {published_at_kill} published");
     assert!(
-        published_at_kill < REQUESTS,
-        "the kill landed mid-stream ({published_at_kill} of {REQUESTS} published)"
+        published_at_kill < REQUESTS && answered_at_kill + 64 < published_at_kill,
+        "the kill landed mid-stream, with a backlog ({answered_at_kill} answered of {published_at_kill} published)"
     );
+    burst.await.unwrap();
     publishing.await.unwrap();
 
     let results = harness.results(&commands).await;
@@ -92,6 +104,7 @@ async fn the_standby_takes_over_when_the_active_worker_is_killed_and_every_accep
         "both writers wrote results: {by_epoch:?}"
     );
     harness.assert_one_booking_per_command(show.show).await;
+    harness.assert_nothing_dead_lettered().await;
     harness.assert_no_double_booking(show.show).await;
     harness.assert_snapshot_matches_database(show.show).await;
     drop(workers);
@@ -117,29 +130,30 @@ async fn a_paused_writer_is_fenced_when_it_wakes_and_commits_nothing() {
 
     let stream = Stream::new(&harness, show.show, &requests);
     let first_part = REQUESTS * 2 / 5;
-    let publishing = stream.publish(0..first_part);
+    let publishing = stream.publish(0..first_part, PACE);
     wait_for_results(&harness, &commands, REQUESTS / 6, "a sixth of the results").await;
-    let active = workers.the_active_one();
+    let active = workers.the_active_one().await;
     let standby = 1 - active;
-    workers.0[active].signal("STOP");
-    let paused_at = Instant::now();
     let epoch_before = harness.writer_epoch(show.show).await.unwrap();
+    pause_inside_a_batch_transaction(&workers.0[active], &harness).await;
+    let paused_at = Instant::now();
     publishing.await.unwrap();
 
-    // The standby takes over: it bumps the epoch and writes results of its own.
+    // The standby takes over: it bumps the epoch (which it can only do once PostgreSQL has
+    // ended the paused writer's transaction and released the show row) and writes results.
     let deadline = Deadline::after(Duration::from_secs(25), "the standby takes over from the paused worker");
     while harness.writer_epoch(show.show).await.unwrap() <= epoch_before {
         deadline.check_with(|| pg_activity_report(&harness)).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let publishing = stream.publish(first_part..REQUESTS);
+    let publishing = stream.publish(first_part..REQUESTS, PACE);
     let written = harness.count_results(&commands).await.unwrap();
     let deadline = Deadline::after(Duration::from_secs(15), "the standby writes results");
     while harness.count_results(&commands).await.unwrap() <= written {
         deadline.check().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("the standby took over {:?} after the pause", paused_at.elapsed());
+    eprintln!("[test] the standby took over {:?} after the pause", paused_at.elapsed());
     assert_eq!(workers.0[standby].logged("became the show's writer"), 1);
 
     // Wake the paused worker while the stream goes on: whatever it still holds must not land.
@@ -148,20 +162,19 @@ async fn a_paused_writer_is_fenced_when_it_wakes_and_commits_nothing() {
     publishing.await.unwrap();
     let results = harness.results(&commands).await;
 
-    // It stood down: fenced, or found its channel gone, then subscribed again as a standby.
-    let deadline = Deadline::after(Duration::from_secs(15), "the paused worker stands down after waking");
+    // It stood down (fenced, or its channel found gone) and subscribed again, as a standby:
+    // it must not take the show back from the rightful writer.
+    let deadline = Deadline::after(
+        Duration::from_secs(15),
+        "the paused worker subscribes again after waking",
+    );
     loop {
         let woke: Vec<String> = workers.0[active].lines()[lines_before_wake..]
             .iter()
             .map(message)
             .collect();
-        let stood_down = woke.iter().position(|m| {
-            m.starts_with("fenced") || m.starts_with("show consumer ended") || m.starts_with("cannot acknowledge")
-        });
-        if let Some(at) = stood_down
-            && woke[at..].iter().any(|m| m.starts_with("subscribed to the show queue"))
-        {
-            eprintln!("the paused worker, on waking: {woke:?}");
+        if woke.iter().any(|m| m.starts_with("subscribed to the show queue")) {
+            eprintln!("[test] the paused worker, on waking: {woke:?}");
             break;
         }
         deadline.check().await;
@@ -170,7 +183,12 @@ async fn a_paused_writer_is_fenced_when_it_wakes_and_commits_nothing() {
     assert_eq!(
         workers.0[active].logged("became the show's writer"),
         1,
-        "the woken worker did not become the writer again"
+        "the woken worker took the show over again, fencing the rightful writer"
+    );
+    assert_eq!(
+        workers.0[standby].logged("fenced"),
+        0,
+        "the rightful writer was never fenced"
     );
 
     let winners = assert_queue_order(&requests, &results);
@@ -187,6 +205,7 @@ async fn a_paused_writer_is_fenced_when_it_wakes_and_commits_nothing() {
     );
     assert_eq!(harness.writer_epoch(show.show).await, Some(2));
     harness.assert_one_booking_per_command(show.show).await;
+    harness.assert_nothing_dead_lettered().await;
     harness.assert_no_double_booking(show.show).await;
     harness.assert_snapshot_matches_database(show.show).await;
     drop(workers);
@@ -195,6 +214,8 @@ async fn a_paused_writer_is_fenced_when_it_wakes_and_commits_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_restarting_mid_stream_loses_no_accepted_request_and_keeps_queue_order() {
+    // The in-process worker's logs, with the test's output.
+    common::telemetry::init("booking-worker", common::config::LogFormat::Text);
     let postgres = PrivatePostgres::start();
     let url = postgres.create_database("floodgate_failover").await;
     let mut harness = Harness::on_database(&url).await;
@@ -206,18 +227,21 @@ async fn postgresql_restarting_mid_stream_loses_no_accepted_request_and_keeps_qu
     harness.start_worker().await;
 
     let stream = Stream::new(&harness, show.show, &requests);
-    let publishing = stream.publish(0..REQUESTS);
-    wait_for_results(&harness, &commands, REQUESTS / 4, "a quarter of the results").await;
+    let burst = stream.publish(0..REQUESTS / 2, BURST);
+    let publishing = stream.publish(REQUESTS / 2..REQUESTS, PACE);
+    wait_for_results(&harness, &commands, REQUESTS / 6, "a sixth of the results").await;
     let failures_before = transient_failures();
-    // Down for a second and a half while the stream goes on: the worker's batches fail, and
-    // its commits in flight at the stop are ones it cannot know the fate of.
+    // Down for longer than the pool waits for a connection (5 s), while the stream goes on: the
+    // worker's batches fail and are retried, and a commit in flight at the stop is one whose
+    // fate it cannot know.
     let stopped_with = harness.count_results(&commands).await.unwrap_or_default();
     let published_at_stop = stream.published();
-    postgres.stop_for(Duration::from_millis(1500)).await;
+    postgres.stop_for(Duration::from_secs(6)).await;
     assert!(
         published_at_stop < REQUESTS,
         "the restart landed mid-stream ({published_at_stop} of {REQUESTS} published)"
     );
+    burst.await.unwrap();
     publishing.await.unwrap();
 
     let results = harness.results(&commands).await;
@@ -225,18 +249,18 @@ async fn postgresql_restarting_mid_stream_loses_no_accepted_request_and_keeps_qu
         transient_failures() > failures_before,
         "the worker saw the outage (its batches failed and were retried)"
     );
-    eprintln!("{stopped_with} results before the stop; the rest after");
+    eprintln!("[test] {stopped_with} results before the stop; the rest after");
     let winners = assert_queue_order(&requests, &results);
     assert!(
         winners >= 100,
         "seats stayed contended but winnable ({winners} winners)"
     );
-    assert_eq!(
-        harness.writer_epoch(show.show).await,
-        Some(1),
-        "the worker stayed the writer through the outage"
+    assert!(
+        harness.writer_epoch(show.show).await > Some(1),
+        "the worker dropped its state and took the show over again after the outage"
     );
     harness.assert_one_booking_per_command(show.show).await;
+    harness.assert_nothing_dead_lettered().await;
     harness.assert_no_double_booking(show.show).await;
     harness.assert_snapshot_matches_database(show.show).await;
     harness.stop().await;
@@ -255,8 +279,9 @@ struct Request {
 }
 
 /// One request per fan, for one to three seats picked pseudo-randomly (the same every run)
-/// among all of the show's: about two seats asked per request against a third as many seats
-/// as requests, so the seats run out gradually and most requests contend with earlier ones.
+/// among all of the show's: about two seats asked per request against two thirds as many
+/// seats as requests, so the seats run out gradually and most requests contend with earlier
+/// ones.
 fn hold_requests(show: &TestShow, users: &[UserId]) -> Vec<Request> {
     let mut random = 0x5eed_f100_d9a7_e000_u64;
     let mut next = move || {
@@ -327,13 +352,15 @@ fn assert_queue_order(
     winners
 }
 
-/// Publishes requests on one confirm channel, in order, at a steady pace.
+/// Publishes requests on one confirm channel, in order.
 struct Stream {
     publisher: Publisher,
     exchange: String,
     routing_key: String,
     requests: Arc<Vec<Request>>,
     published: Arc<AtomicUsize>,
+    /// Says when the publication asked last is done: the next one waits for it.
+    previous: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl Stream {
@@ -344,6 +371,7 @@ impl Stream {
             routing_key: show.to_string(),
             requests: Arc::clone(requests),
             published: Arc::new(AtomicUsize::new(0)),
+            previous: Mutex::new(None),
         }
     }
 
@@ -352,15 +380,21 @@ impl Stream {
         self.published.load(Ordering::SeqCst)
     }
 
-    /// Publishes `range` in the background. Ranges must be published one after the other:
-    /// one channel, sent in order, is what makes the queue order the request order.
-    fn publish(&self, range: Range<usize>) -> tokio::task::JoinHandle<()> {
+    /// Publishes `range` in the background, `pace` between chunks, once the publications
+    /// asked before are done: one channel, sent in order, is what makes the queue order the
+    /// request order.
+    fn publish(&self, range: Range<usize>, pace: Duration) -> tokio::task::JoinHandle<()> {
         let publisher = self.publisher.clone();
         let exchange = self.exchange.clone();
         let routing_key = self.routing_key.clone();
         let requests = Arc::clone(&self.requests);
         let published = Arc::clone(&self.published);
+        let (done, next) = tokio::sync::oneshot::channel();
+        let previous = self.previous.lock().unwrap().replace(next);
         tokio::spawn(async move {
+            if let Some(previous) = previous {
+                previous.await.expect("the previous publication completed");
+            }
             for chunk in requests[range].chunks(CHUNK) {
                 let mut confirms = Vec::with_capacity(chunk.len());
                 for request in chunk {
@@ -393,8 +427,11 @@ impl Stream {
                     );
                 }
                 published.fetch_add(chunk.len(), Ordering::SeqCst);
-                tokio::time::sleep(PACE).await;
+                if !pace.is_zero() {
+                    tokio::time::sleep(pace).await;
+                }
             }
+            let _ = done.send(());
         })
     }
 }
@@ -448,7 +485,76 @@ async fn pg_activity_report(harness: &Harness) -> String {
     .fetch_all(harness.db())
     .await
     .unwrap_or_default();
-    format!("; sessions of the test database: {rows:#?}")
+    format!("; sessions of the test database: {rows:?}")
+}
+
+/// Hears of every commit that writes hold results, as it happens.
+struct Commits(sqlx::postgres::PgListener);
+
+impl Commits {
+    async fn listen(harness: &Harness) -> Self {
+        sqlx::raw_sql(
+            "CREATE FUNCTION test_notify_results() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM pg_notify('test_results', '');
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER test_notify_results AFTER INSERT ON hold_request
+                 FOR EACH STATEMENT EXECUTE FUNCTION test_notify_results();",
+        )
+        .execute(harness.db())
+        .await
+        .unwrap();
+        let mut listener = sqlx::postgres::PgListener::connect_with(harness.db()).await.unwrap();
+        listener.listen("test_results").await.unwrap();
+        Self(listener)
+    }
+
+    /// Returns as soon as the next commit after this call is known (notifications are
+    /// delivered at commit).
+    async fn wait_for_the_next(&mut self) {
+        while self.0.next_buffered().is_some() {}
+        tokio::time::timeout(Duration::from_secs(10), self.0.recv())
+            .await
+            .expect("a batch commits within 10 s")
+            .unwrap();
+    }
+}
+
+/// Pauses `worker` (SIGSTOP) inside one of its batch transactions, after the fence has taken
+/// the show row lock: the moment a stalled writer can block the next writer's take-over. A
+/// pause that misses it (the transaction ended first) is undone at once and tried again.
+async fn pause_inside_a_batch_transaction(worker: &WorkerProcess, harness: &Harness) {
+    // A session in a batch transaction that has written (so holds the show row): the relay's
+    // outbox sweep, the only other writing transaction, is left out.
+    const IN_A_BATCH: &str = "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND state LIKE $1
+           AND backend_xid IS NOT NULL
+           AND query NOT LIKE 'SELECT outbox_id%' AND query NOT LIKE 'UPDATE outbox SET published_at%'";
+    let in_a_batch = |state: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(IN_A_BATCH)
+            .bind(state)
+            .fetch_one(harness.db())
+            .await
+            .unwrap()
+            > 0
+    };
+    let deadline = Deadline::after(Duration::from_secs(15), "a pause lands inside a batch transaction");
+    for attempt in 1.. {
+        while !in_a_batch("%").await {
+            deadline.check().await;
+        }
+        worker.signal("STOP");
+        // Long enough for a live transaction to have ended; this one is frozen mid-way.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if in_a_batch("idle in transaction").await {
+            eprintln!("[test] paused inside a batch transaction at attempt {attempt}");
+            return;
+        }
+        worker.signal("CONT");
+        deadline.check().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn transient_failures() -> u64 {
@@ -568,13 +674,21 @@ impl Workers {
         }
     }
 
-    /// The index of the one process that became the show's writer.
-    fn the_active_one(&self) -> usize {
-        let active: Vec<usize> = (0..self.0.len())
-            .filter(|i| self.0[*i].logged("became the show's writer") > 0)
-            .collect();
-        assert_eq!(active.len(), 1, "exactly one worker process is active");
-        active[0]
+    /// The index of the one process that became the show's writer (results are being written,
+    /// so one has; its log line may still be in the pipe).
+    async fn the_active_one(&self) -> usize {
+        let deadline = Deadline::after(Duration::from_secs(5), "a worker process says it is the writer");
+        loop {
+            let active: Vec<usize> = (0..self.0.len())
+                .filter(|i| self.0[*i].logged("became the show's writer") > 0)
+                .collect();
+            assert!(active.len() <= 1, "two worker processes became the writer");
+            if let [active] = active[..] {
+                return active;
+            }
+            deadline.check().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -311,6 +311,24 @@ impl Harness {
         .unwrap()
     }
 
+    /// Nothing was dead-lettered: every accepted command was applied, none given up on.
+    pub async fn assert_nothing_dead_lettered(&self) {
+        let channel = self.connection.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(
+                self.topology.dead_letter_queue().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(queue.message_count(), 0, "commands were dead-lettered");
+        let _ = channel.close(200, "done".into()).await;
+    }
+
     /// No command made two bookings, and each held result names the booking of its command.
     pub async fn assert_one_booking_per_command(&self, show: ShowId) {
         let twice: i64 = sqlx::query_scalar(

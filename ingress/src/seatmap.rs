@@ -8,13 +8,13 @@
 //! slower, and only until the next writer rebuilds the snapshot.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
 use common::{
     availability::{self, Snapshot},
-    ids::ShowId,
+    ids::{SeatId, ShowId},
 };
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -24,9 +24,17 @@ use crate::store::shows::{self, SeatMapRow};
 /// Layouts kept at most; a full cache forgets one at random (layouts are cheap to reload).
 const MAX_LAYOUTS: usize = 64;
 
+/// A show's immutable layout.
+pub struct Layout {
+    /// The seats by index (their `status` column is not used).
+    pub seats: Vec<SeatMapRow>,
+    /// The show's seat ids, to check a hold request's seats before queueing it.
+    pub ids: HashSet<SeatId>,
+}
+
 /// Layouts by show, and the Redis connection for snapshots.
 pub struct SeatMaps {
-    layouts: Mutex<HashMap<ShowId, Arc<Vec<SeatMapRow>>>>,
+    layouts: Mutex<HashMap<ShowId, Arc<Layout>>>,
     redis: ConnectionManager,
     prefix: String,
 }
@@ -41,13 +49,12 @@ impl SeatMaps {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShowId, Arc<Vec<SeatMapRow>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShowId, Arc<Layout>>> {
         self.layouts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The show's layout by seat index (the rows' `status` is not used), or `None` for an
-    /// unknown show.
-    pub async fn layout(&self, db: &PgPool, show: ShowId) -> Result<Option<Arc<Vec<SeatMapRow>>>, sqlx::Error> {
+    /// The show's layout, or `None` for an unknown show.
+    pub async fn layout(&self, db: &PgPool, show: ShowId) -> Result<Option<Arc<Layout>>, sqlx::Error> {
         if let Some(layout) = self.lock().get(&show) {
             return Ok(Some(Arc::clone(layout)));
         }
@@ -55,7 +62,10 @@ impl SeatMaps {
         if rows.is_empty() {
             return Ok(None);
         }
-        let layout = Arc::new(rows);
+        let layout = Arc::new(Layout {
+            ids: rows.iter().map(|seat| seat.seat_id).collect(),
+            seats: rows,
+        });
         let mut layouts = self.lock();
         if layouts.len() >= MAX_LAYOUTS
             && let Some(evicted) = layouts.keys().next().copied()

@@ -498,6 +498,7 @@ pub async fn show_seats(
         .await?
         .ok_or(ApiError::NotFound("show"))?;
     let seats = layout
+        .seats
         .iter()
         .map(|seat| {
             let status = usize::try_from(seat.seat_index)

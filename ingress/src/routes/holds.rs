@@ -308,6 +308,20 @@ pub async fn create_hold(
     let holds = &state.holds;
     let max = holds.max_per_user(&state, show).await?;
     let selection = selection(&body, max)?;
+    if let SeatSelection::Seats { seat_ids } = &selection {
+        // Seats of another show never reach the queue (the writer would refuse them too).
+        let layout = state
+            .seat_maps
+            .layout(&state.db, show)
+            .await?
+            .ok_or(ApiError::NotFound("show"))?;
+        if let Some(foreign) = seat_ids.iter().find(|seat| !layout.ids.contains(seat)) {
+            return Err(ApiError::unprocessable(
+                "invalid_seats",
+                format!("Seat {foreign} is not a seat of this show."),
+            ));
+        }
+    }
     let key = idempotency_key(&headers)?;
     let command = command_id(user, show, key);
     let mut redis = holds.redis.clone();

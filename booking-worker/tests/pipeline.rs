@@ -235,19 +235,7 @@ async fn an_undecodable_message_is_dead_lettered_and_the_show_goes_on() {
     let command = harness.hold(show.show, users[0], seats(&show.seats[..1])).await;
     assert!(harness.results(&[command]).await[&command].0.is_some());
     // The poison message sits in the dead-letter queue.
-    let channel = harness.connection.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            harness.topology.dead_letter_queue().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(queue.message_count(), 1);
+    assert_eq!(harness.dead_lettered().await, 1);
     harness.stop().await;
 }
 
@@ -270,21 +258,9 @@ async fn a_command_the_database_refuses_is_dead_lettered_and_its_batch_neighbour
         .await
         .unwrap();
     assert_eq!(stored, 0, "the refused command left nothing behind");
-    let channel = harness.connection.create_channel().await.unwrap();
     let mut dead = 0;
     for _ in 0..50 {
-        dead = channel
-            .queue_declare(
-                harness.topology.dead_letter_queue().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count();
+        dead = harness.dead_lettered().await;
         if dead == 1 {
             break;
         }

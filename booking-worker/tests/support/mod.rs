@@ -311,8 +311,8 @@ impl Harness {
         .unwrap()
     }
 
-    /// Nothing was dead-lettered: every accepted command was applied, none given up on.
-    pub async fn assert_nothing_dead_lettered(&self) {
+    /// Messages waiting in the dead-letter queue.
+    pub async fn dead_lettered(&self) -> u32 {
         let channel = self.connection.create_channel().await.unwrap();
         let queue = channel
             .queue_declare(
@@ -325,8 +325,13 @@ impl Harness {
             )
             .await
             .unwrap();
-        assert_eq!(queue.message_count(), 0, "commands were dead-lettered");
         let _ = channel.close(200, "done".into()).await;
+        queue.message_count()
+    }
+
+    /// Nothing was dead-lettered: every accepted command was applied, none given up on.
+    pub async fn assert_nothing_dead_lettered(&self) {
+        assert_eq!(self.dead_lettered().await, 0, "commands were dead-lettered");
     }
 
     /// No command made two bookings, and each held result names the booking of its command.

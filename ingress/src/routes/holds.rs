@@ -38,7 +38,7 @@ use crate::{
     auth::{admission::Admitted, extract::AuthUser},
     error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem},
     results::{HoldOutcome, Results},
-    store::bookings,
+    store::{bookings, shows},
 };
 
 /// The longest `?wait=` (API.md).
@@ -84,9 +84,7 @@ impl HoldsContext {
         {
             return Ok(max);
         }
-        let max: i32 = sqlx::query_scalar("SELECT max_tickets_per_user FROM show WHERE show_id = $1")
-            .bind(show)
-            .fetch_optional(&state.db)
+        let max = shows::max_tickets_per_user(&state.db, show)
             .await?
             .ok_or(ApiError::NotFound("show"))?;
         self.lock_terms().insert(show, (Instant::now(), max));

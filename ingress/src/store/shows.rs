@@ -325,3 +325,12 @@ pub async fn update_waiting_room(
     .await
     .map(|_| ())
 }
+
+/// The show's per-fan seat limit.
+#[tracing::instrument(skip(db))]
+pub async fn max_tickets_per_user(db: impl PgExecutor<'_>, show: ShowId) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar("SELECT max_tickets_per_user FROM show WHERE show_id = $1")
+        .bind(show)
+        .fetch_optional(db)
+        .await
+}

@@ -7,19 +7,26 @@
 //! reloads it from PostgreSQL before trying the same deliveries again (failures are rare; an undo
 //! log would cost every batch).
 //!
-//! Time is an argument ([`ShowState::apply`], [`ShowState::expire`]), never read from the clock,
-//! so tests drive hold expiry without sleeping.
+//! Time is an argument ([`ShowState::hold`], [`ShowState::expire`], ...), never read from the
+//! clock, so tests drive hold expiry without sleeping.
+//!
+//! The payment, cancellation, promo-code and waitlist rules live in the [`flow`] submodule.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use common::{
     contracts::{
         HeldSeat, HoldExpired, HoldPlaced, HoldRejected, HoldReleased, HoldSeats, Message, RejectionCode, ReleaseHold,
         SeatCounts, SeatSelection, ShowInventory, ShowSoldOut,
     },
-    ids::{BookingId, CommandId, SeatId, ShowId, UserId},
+    ids::{BookingId, CommandId, PaymentId, PromoCodeId, SeatId, ShowId, UserId, WaitlistEntryId},
+    tickets::TicketSigner,
 };
 use time::OffsetDateTime;
+
+mod flow;
+
+pub use flow::{NewPayment, NewTicket, NewWaitlistEntry, Promo, WaitlistChange};
 
 use crate::allocator::{Inventory, Request, SeatSpec};
 
@@ -72,6 +79,8 @@ pub enum BookingStatus {
     Released,
     /// The hold lapsed.
     Expired,
+    /// Paid, then cancelled by the fan; refunded next.
+    Cancelled,
 }
 
 impl BookingStatus {
@@ -83,6 +92,7 @@ impl BookingStatus {
             Self::Confirmed => "confirmed",
             Self::Released => "released",
             Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -101,7 +111,7 @@ impl BookingStatus {
     }
 }
 
-/// The show's terms, as loaded at activation.
+/// The show's terms, as loaded at activation, and this worker's settings that apply to them.
 #[derive(Debug, Clone)]
 pub struct ShowTerms {
     /// The show.
@@ -114,6 +124,14 @@ pub struct ShowTerms {
     pub max_tickets_per_user: u32,
     /// Price per tier.
     pub prices: HashMap<String, i64>,
+    /// When the show starts.
+    pub starts_at: OffsetDateTime,
+    /// Cancellations are accepted until this long before the start.
+    pub cancel_cutoff: time::Duration,
+    /// How much longer a hold lasts once its payment started (the worker's setting).
+    pub payment_grace: time::Duration,
+    /// Signs ticket codes (the worker's key).
+    pub ticket_signer: TicketSigner,
 }
 
 /// One seat as loaded from `show_seat` joined with `seat`.
@@ -152,6 +170,25 @@ pub struct LoadedBooking {
     pub expires_at: OffsetDateTime,
     /// Its seats (indices).
     pub seats: Vec<u32>,
+    /// What the fan pays.
+    pub total_cents: i64,
+    /// Its payment in flight or taken, if any.
+    pub payment_id: Option<PaymentId>,
+    /// The promo code it used.
+    pub promo_code_id: Option<PromoCodeId>,
+    /// The waitlist entry it was offered to.
+    pub waitlist_entry_id: Option<WaitlistEntryId>,
+}
+
+/// A fan still waiting on the waitlist, as loaded at activation (in arrival order).
+#[derive(Debug, Clone)]
+pub struct LoadedWaitlistEntry {
+    /// The entry.
+    pub waitlist_entry_id: WaitlistEntryId,
+    /// The fan.
+    pub user_id: UserId,
+    /// How many seats.
+    pub quantity: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +206,10 @@ struct Booking {
     status: BookingStatus,
     expires_at: OffsetDateTime,
     seats: Vec<u32>,
+    total_cents: i64,
+    payment: Option<PaymentId>,
+    promo: Option<PromoCodeId>,
+    waitlist_entry: Option<WaitlistEntryId>,
 }
 
 /// A booking created by this batch, with its final status.
@@ -188,8 +229,14 @@ pub struct NewBooking {
     pub seats: Vec<(SeatId, i64)>,
     /// Sum of the seat prices.
     pub subtotal_cents: i64,
+    /// The promo code's discount.
+    pub discount_cents: i64,
     /// What the fan pays.
     pub total_cents: i64,
+    /// The promo code applied.
+    pub promo_code_id: Option<PromoCodeId>,
+    /// The waitlist entry the booking was offered to.
+    pub waitlist_entry_id: Option<WaitlistEntryId>,
 }
 
 /// The outcome of a hold request, stored in `hold_request`.
@@ -223,7 +270,9 @@ pub struct Processed {
 pub struct OutgoingEvent {
     /// The envelope's message id.
     pub message_id: common::ids::MessageId,
-    /// `<type>.<show_id>`.
+    /// Which exchange.
+    pub exchange: Route,
+    /// `<type>.<show_id>` on `events`; the queue's key on `payments`.
     pub routing_key: String,
     /// The envelope's type.
     pub kind: &'static str,
@@ -231,13 +280,52 @@ pub struct OutgoingEvent {
     pub body: serde_json::Value,
 }
 
+/// Where an outgoing message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The `events` topic exchange (facts).
+    Events,
+    /// The `payments` exchange (commands to the payment-workers).
+    Payments,
+}
+
+/// A booking that existed before the batch and changed status without ending.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BookingChange {
+    /// Its status now.
+    pub status: BookingStatus,
+    /// When its hold lapses now.
+    pub expires_at: OffsetDateTime,
+}
+
 /// Everything one batch changed, in the shape the store writes it.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Bookings this batch created.
     pub new_bookings: Vec<NewBooking>,
-    /// Bookings that existed before the batch and ended in it (released, expired).
+    /// Bookings that existed before the batch and ended in it (released, expired, cancelled):
+    /// written after `changed`.
     pub ended: Vec<(BookingId, BookingStatus)>,
+    /// Bookings that existed before the batch and changed status (payment pending, held
+    /// again, confirmed), with their final state.
+    pub changed: HashMap<BookingId, BookingChange>,
+    /// Payments created (each queues a charge).
+    pub payments: Vec<NewPayment>,
+    /// Tickets issued.
+    pub tickets: Vec<NewTicket>,
+    /// Bookings whose tickets are void (cancelled).
+    pub voided: Vec<BookingId>,
+    /// Cancelled bookings whose refund went through.
+    pub refunded: Vec<BookingId>,
+    /// Promo code uses taken (or given back, negative) by this batch.
+    pub promo_uses: HashMap<PromoCodeId, i32>,
+    /// The promo codes named by this batch's hold requests (by upper-case code), as the
+    /// database has them when the batch starts: the worker fills this before applying.
+    pub promos: HashMap<String, Promo>,
+    /// Waitlist entries created.
+    pub waitlist_new: Vec<NewWaitlistEntry>,
+    /// Waitlist entries that moved on (offered, fulfilled, expired, cancelled), final state.
+    pub waitlist_changes: HashMap<WaitlistEntryId, WaitlistChange>,
     /// Seats whose state changed, by index; their final state is read with [`ShowState::seat_row`].
     pub changed_seats: BTreeSet<u32>,
     /// Hold request outcomes.
@@ -259,6 +347,11 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.new_bookings.is_empty()
             && self.ended.is_empty()
+            && self.changed.is_empty()
+            && self.payments.is_empty()
+            && self.refunded.is_empty()
+            && self.waitlist_new.is_empty()
+            && self.waitlist_changes.is_empty()
             && self.changed_seats.is_empty()
             && self.hold_results.is_empty()
             && self.processed.is_empty()
@@ -277,7 +370,23 @@ pub enum Outcome {
     Released,
     /// A release that found nothing to release (not the owner's, or no longer held).
     NotReleasable,
-    /// Applied before (a redelivery): no effect.
+    /// A payment started.
+    PaymentStarted,
+    /// A booking was confirmed (paid, tickets issued).
+    Confirmed,
+    /// A charge went through for a booking that can no longer be confirmed: it is refunded.
+    ConfirmRejected,
+    /// A failed charge put the booking back on hold.
+    PaymentFailed,
+    /// A booking was cancelled.
+    Cancelled,
+    /// A cancelled booking's refund was recorded.
+    Refunded,
+    /// A fan joined the waitlist.
+    Waitlisted,
+    /// The command was refused; the code is stored for the fan.
+    Refused(&'static str),
+    /// Applied before (a redelivery), or nothing to do: no effect.
     Duplicate,
 }
 
@@ -289,9 +398,27 @@ impl Outcome {
             Self::Rejected(code) => code.as_str(),
             Self::Released => "released",
             Self::NotReleasable => "not_releasable",
+            Self::PaymentStarted => "payment_started",
+            Self::Confirmed => "confirmed",
+            Self::ConfirmRejected => "confirm_rejected",
+            Self::PaymentFailed => "payment_failed",
+            Self::Cancelled => "cancelled",
+            Self::Refunded => "refunded",
+            Self::Waitlisted => "waitlisted",
+            Self::Refused(code) => code,
             Self::Duplicate => "duplicate",
         }
     }
+}
+
+/// A booking [`ShowState::place`] created.
+struct Placed {
+    booking_id: BookingId,
+    seats: Vec<HeldSeat>,
+    subtotal_cents: i64,
+    discount_cents: i64,
+    total_cents: i64,
+    expires_at: OffsetDateTime,
 }
 
 /// The active writer's state of one show.
@@ -305,6 +432,7 @@ pub struct ShowState {
     user_seats: HashMap<UserId, u32>,
     expiries: BTreeSet<(OffsetDateTime, BookingId)>,
     counts: SeatCounts,
+    waitlist: VecDeque<LoadedWaitlistEntry>,
 }
 
 /// The inventory could not be loaded into memory.
@@ -384,6 +512,7 @@ impl ShowState {
             user_seats: HashMap::new(),
             expiries: BTreeSet::new(),
             counts,
+            waitlist: VecDeque::new(),
         };
         for booking in bookings {
             if booking.seats.iter().any(|index| *index as usize >= state.seats.len()) {
@@ -400,15 +529,30 @@ impl ShowState {
                     status: booking.status,
                     expires_at: booking.expires_at,
                     seats: booking.seats,
+                    total_cents: booking.total_cents,
+                    payment: booking.payment_id,
+                    promo: booking.promo_code_id,
+                    waitlist_entry: booking.waitlist_entry_id,
                 },
             );
         }
         Ok(state)
     }
 
+    /// Adds the fans still waiting on the waitlist (in arrival order).
+    pub fn with_waitlist(mut self, entries: Vec<LoadedWaitlistEntry>) -> Self {
+        self.waitlist = entries.into();
+        self
+    }
+
     /// The show.
     pub fn show_id(&self) -> ShowId {
         self.terms.show_id
+    }
+
+    /// The show's currency.
+    pub fn currency(&self) -> &str {
+        &self.terms.currency
     }
 
     /// Seats by status now.
@@ -465,9 +609,13 @@ impl ShowState {
         if already_done || !batch.seen.insert(command.command_id) {
             return Outcome::Duplicate;
         }
-        match self.choose(command) {
-            Ok(indices) => {
-                self.place(batch, command, &indices, now);
+        let chosen = self
+            .promo_for(batch, command.promo_code.as_deref(), now)
+            .map_err(|code| (code, Vec::new()))
+            .and_then(|promo| Ok((promo, self.choose(command)?)));
+        match chosen {
+            Ok((promo, indices)) => {
+                self.place_hold(batch, command, &indices, promo, now);
                 Outcome::Held
             }
             Err((code, unavailable)) => {
@@ -494,12 +642,6 @@ impl ShowState {
 
     /// Picks the seats of a hold request, or says why not.
     fn choose(&self, command: &HoldSeats) -> Result<Vec<u32>, (RejectionCode, Vec<SeatId>)> {
-        if command.promo_code.is_some() {
-            // Promo codes arrive with payments (the next stage of the flow); until then a code
-            // is refused rather than silently ignored, so nobody is charged a price they were
-            // not promised.
-            return Err((RejectionCode::InvalidPromoCode, Vec::new()));
-        }
         let owned = self.user_seats.get(&command.user_id).copied().unwrap_or(0);
         let allowance = self.terms.max_tickets_per_user.saturating_sub(owned);
         match &command.selection {
@@ -560,7 +702,50 @@ impl ShowState {
         }
     }
 
-    fn place(&mut self, batch: &mut Batch, command: &HoldSeats, indices: &[u32], now: OffsetDateTime) {
+    fn place_hold(
+        &mut self,
+        batch: &mut Batch,
+        command: &HoldSeats,
+        indices: &[u32],
+        promo: Option<Promo>,
+        now: OffsetDateTime,
+    ) {
+        let placed = self.place(batch, command.user_id, command.command_id, indices, promo, None, now);
+        batch.hold_results.push(HoldResult {
+            command_id: command.command_id,
+            user_id: command.user_id,
+            booking_id: Some(placed.booking_id),
+            rejection: None,
+            unavailable: Vec::new(),
+        });
+        self.emit(
+            batch,
+            HoldPlaced {
+                command_id: command.command_id,
+                user_id: command.user_id,
+                booking_id: placed.booking_id,
+                seats: placed.seats,
+                subtotal_cents: placed.subtotal_cents,
+                discount_cents: placed.discount_cents,
+                total_cents: placed.total_cents,
+                currency: self.terms.currency.clone(),
+                expires_at: placed.expires_at,
+            },
+        );
+    }
+
+    /// Holds `indices` for `user` in a new booking.
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &mut self,
+        batch: &mut Batch,
+        user: UserId,
+        command_id: CommandId,
+        indices: &[u32],
+        promo: Option<Promo>,
+        waitlist_entry: Option<WaitlistEntryId>,
+        now: OffsetDateTime,
+    ) -> Placed {
         let booking_id = BookingId::new();
         let expires_at = now + time::Duration::seconds(self.terms.hold_seconds);
         self.inventory.take(indices);
@@ -582,50 +767,50 @@ impl ShowState {
         let count = indices.len() as u32;
         self.counts.available -= count;
         self.counts.held += count;
-        *self.user_seats.entry(command.user_id).or_default() += count;
+        *self.user_seats.entry(user).or_default() += count;
         self.expiries.insert((expires_at, booking_id));
+        let subtotal_cents: i64 = seats.iter().map(|(_, price)| price).sum();
+        let discount_cents = promo.as_ref().map_or(0, |promo| promo.discount(subtotal_cents));
+        let total_cents = subtotal_cents - discount_cents;
+        let promo_code_id = promo.map(|promo| {
+            *batch.promo_uses.entry(promo.promo_code_id).or_default() += 1;
+            promo.promo_code_id
+        });
         self.bookings.insert(
             booking_id,
             Booking {
-                user: command.user_id,
+                user,
                 status: BookingStatus::Held,
                 expires_at,
                 seats: indices.to_vec(),
+                total_cents,
+                payment: None,
+                promo: promo_code_id,
+                waitlist_entry,
             },
         );
-        let subtotal_cents: i64 = seats.iter().map(|(_, price)| price).sum();
         batch.created_here.insert(booking_id, batch.new_bookings.len());
         batch.new_bookings.push(NewBooking {
             booking_id,
-            user_id: command.user_id,
-            command_id: command.command_id,
+            user_id: user,
+            command_id,
             status: BookingStatus::Held,
             expires_at,
             seats,
             subtotal_cents,
-            total_cents: subtotal_cents,
+            discount_cents,
+            total_cents,
+            promo_code_id,
+            waitlist_entry_id: waitlist_entry,
         });
-        batch.hold_results.push(HoldResult {
-            command_id: command.command_id,
-            user_id: command.user_id,
-            booking_id: Some(booking_id),
-            rejection: None,
-            unavailable: Vec::new(),
-        });
-        self.emit(
-            batch,
-            HoldPlaced {
-                command_id: command.command_id,
-                user_id: command.user_id,
-                booking_id,
-                seats: held,
-                subtotal_cents,
-                discount_cents: 0,
-                total_cents: subtotal_cents,
-                currency: self.terms.currency.clone(),
-                expires_at,
-            },
-        );
+        Placed {
+            booking_id,
+            seats: held,
+            subtotal_cents,
+            discount_cents,
+            total_cents,
+            expires_at,
+        }
     }
 
     /// Applies a release: only the owner's held booking is released.
@@ -681,7 +866,9 @@ impl ShowState {
         expired
     }
 
-    /// Ends a live hold: its seats go back on sale.
+    /// Ends a live booking (a lapsed or released hold, a cancelled sale): its seats go back on
+    /// sale. An unpaid booking gives its promo-code use back; a waitlist offer that lapses ends
+    /// its entry.
     fn end(&mut self, batch: &mut Batch, booking_id: BookingId, status: BookingStatus) {
         let Some(booking) = self.bookings.remove(&booking_id) else {
             return;
@@ -690,13 +877,31 @@ impl ShowState {
         self.inventory.release(&booking.seats);
         for index in &booking.seats {
             let seat = &mut self.seats[*index as usize];
+            match seat.status {
+                SeatStatus::Sold => self.counts.sold -= 1,
+                _ => self.counts.held -= 1,
+            }
             seat.status = SeatStatus::Available;
             seat.booking = None;
             batch.changed_seats.insert(*index);
         }
         let count = booking.seats.len() as u32;
-        self.counts.held -= count;
         self.counts.available += count;
+        if status != BookingStatus::Cancelled
+            && let Some(promo) = booking.promo
+        {
+            *batch.promo_uses.entry(promo).or_default() -= 1;
+        }
+        if let Some(entry) = booking.waitlist_entry {
+            let outcome = if status == BookingStatus::Cancelled {
+                "fulfilled"
+            } else {
+                "expired"
+            };
+            batch
+                .waitlist_changes
+                .insert(entry, WaitlistChange::new(outcome, Some(booking_id)));
+        }
         if let Some(owned) = self.user_seats.get_mut(&booking.user) {
             *owned = owned.saturating_sub(count);
             if *owned == 0 {
@@ -732,6 +937,7 @@ impl ShowState {
         let envelope = common::contracts::Envelope::new(Some(show), payload);
         batch.events.push(OutgoingEvent {
             message_id: envelope.message_id,
+            exchange: Route::Events,
             routing_key: common::contracts::event_routing_key::<T>(show),
             kind: T::TYPE,
             body: serde_json::to_value(&envelope).expect("contracts always serialise"),
@@ -750,6 +956,10 @@ mod tests {
             hold_seconds: 300,
             max_tickets_per_user: max,
             prices: HashMap::from([("A".to_owned(), 5000), ("B".to_owned(), 3000)]),
+            starts_at: now() + time::Duration::days(30),
+            cancel_cutoff: time::Duration::days(1),
+            payment_grace: time::Duration::minutes(2),
+            ticket_signer: TicketSigner::new("test ticket key"),
         }
     }
 

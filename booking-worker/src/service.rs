@@ -9,6 +9,7 @@ use common::{
     config::{CommonConfig, ConfigError, defaults, env_or},
     ids::ShowId,
     mq::{Broker, Topology},
+    tickets::TicketSigner,
 };
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -43,6 +44,8 @@ impl ServiceConfig {
             worker: WorkerConfig {
                 batch_max: env_or("BOOKING_BATCH_MAX", 256)?,
                 batch_wait: Duration::from_millis(env_or("BOOKING_BATCH_WAIT_MS", 5)?),
+                payment_grace: Duration::from_secs(env_or("BOOKING_PAYMENT_GRACE_SECONDS", 120)?),
+                ticket_signer: TicketSigner::new(common::config::ticket_signing_key().expose()),
                 ..WorkerConfig::default()
             },
             discovery_interval: Duration::from_millis(env_or("BOOKING_DISCOVERY_MS", 2000)?),

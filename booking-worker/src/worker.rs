@@ -36,6 +36,7 @@ use common::{
     contracts::{SeatCounts, ShowCommand},
     ids::{CommandId, ShowId},
     mq::Broker,
+    tickets::TicketSigner,
 };
 use futures::StreamExt as _;
 use lapin::{
@@ -50,7 +51,10 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{engine::ShowState, metrics, store};
+use crate::{
+    engine::{Route, ShowState},
+    metrics, store,
+};
 
 /// How often the show queue's depth is read for the gauge.
 const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(5);
@@ -67,6 +71,11 @@ pub struct WorkerConfig {
     pub batch_wait: Duration,
     /// Backoff after a transient failure (doubling up to 5 s).
     pub retry_min: Duration,
+    /// How much longer a hold lasts once its payment started (`BOOKING_PAYMENT_GRACE_SECONDS`,
+    /// default 120).
+    pub payment_grace: Duration,
+    /// Signs ticket codes (`TICKET_SIGNING_KEY`).
+    pub ticket_signer: TicketSigner,
 }
 
 impl Default for WorkerConfig {
@@ -75,6 +84,8 @@ impl Default for WorkerConfig {
             batch_max: 256,
             batch_wait: Duration::from_millis(5),
             retry_min: Duration::from_millis(100),
+            payment_grace: Duration::from_secs(120),
+            ticket_signer: TicketSigner::new(common::config::defaults::TICKET_SIGNING_KEY),
         }
     }
 }
@@ -406,10 +417,7 @@ async fn settle(
 }
 
 fn occurred_at(command: &ShowCommand) -> OffsetDateTime {
-    match command {
-        ShowCommand::HoldSeats(envelope) => envelope.occurred_at,
-        ShowCommand::ReleaseHold(envelope) => envelope.occurred_at,
-    }
+    command.occurred_at()
 }
 
 enum Failure {
@@ -456,16 +464,41 @@ async fn attempt(
     };
     let now = context.now();
     let mut batch = active.state.begin();
+    let codes: Vec<String> = received
+        .iter()
+        .filter_map(|r| match &r.command {
+            ShowCommand::HoldSeats(envelope) => envelope.payload.promo_code.as_deref(),
+            _ => None,
+        })
+        .map(|code| code.trim().to_uppercase())
+        .collect();
+    if !codes.is_empty() {
+        batch.promos = store::promo_codes(&context.db, show, &codes)
+            .await
+            .map_err(|err| Failure::Transient("promo codes", err.into()))?;
+    }
     let mut outcomes = Vec::with_capacity(received.len());
     for r in received {
         let seen = done.contains(&r.command.command_id());
         let outcome = match &r.command {
             ShowCommand::HoldSeats(envelope) => active.state.hold(&mut batch, &envelope.payload, seen, now),
             ShowCommand::ReleaseHold(envelope) => active.state.release(&mut batch, &envelope.payload, seen),
+            ShowCommand::StartPayment(envelope) => active.state.start_payment(&mut batch, &envelope.payload, seen, now),
+            ShowCommand::ConfirmBooking(envelope) => active.state.confirm(&mut batch, &envelope.payload, seen, now),
+            ShowCommand::PaymentFailed(envelope) => {
+                active.state.payment_failed(&mut batch, &envelope.payload, seen, now)
+            }
+            ShowCommand::CancelBooking(envelope) => active.state.cancel(&mut batch, &envelope.payload, seen, now),
+            ShowCommand::RecordRefund(envelope) => active.state.record_refund(&mut batch, &envelope.payload, seen),
+            ShowCommand::JoinWaitlist(envelope) => active.state.join_waitlist(&mut batch, &envelope.payload, seen),
         };
         outcomes.push(outcome);
     }
     let expired = active.state.expire(&mut batch, now);
+    let offered = active.state.offer_waitlist(&mut batch, now);
+    if offered > 0 {
+        tracing::info!(%show, offered, "seats offered to the waitlist");
+    }
     if batch.is_empty() {
         // The caller acknowledges these at once, so the previous batch's (multiple) ack must
         // have gone first: acknowledging a tag twice closes the channel.
@@ -477,7 +510,11 @@ async fn attempt(
     active.batches += 1;
     let version = active.version();
     active.state.finish(&mut batch, version);
-    let events_exchange = context.broker.topology().events_exchange();
+    let topology = context.broker.topology();
+    let exchanges = store::Exchanges {
+        events: topology.events_exchange(),
+        payments: topology.payments_exchange(),
+    };
     // Rows earlier batches published, marked in this transaction (lost on failure: the relay
     // then publishes them again, which consumers absorb).
     let published = std::mem::take(&mut *active.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
@@ -487,7 +524,7 @@ async fn attempt(
         &batch,
         active.epoch,
         version,
-        &events_exchange,
+        &exchanges,
         &published,
     )
     .await
@@ -533,7 +570,7 @@ async fn attempt(
             .iter()
             .filter_map(|r| match &r.command {
                 ShowCommand::HoldSeats(envelope) => Some(envelope.occurred_at),
-                ShowCommand::ReleaseHold(_) => None,
+                _ => None,
             })
             .collect(),
         ack: received.last().map(|r| r.delivery.acker.clone()),
@@ -590,10 +627,14 @@ impl PostCommit {
     async fn run(self, context: &Context) {
         let show = self.show;
         if let Ok(publisher) = context.broker.publisher() {
-            let exchange = context.broker.topology().events_exchange();
+            let topology = context.broker.topology();
+            let (events, payments) = (topology.events_exchange(), topology.payments_exchange());
             let sends = self.events.iter().zip(&self.outbox).map(|(event, id)| {
                 let publisher = publisher.clone();
-                let exchange = exchange.clone();
+                let exchange = match event.exchange {
+                    Route::Events => events.clone(),
+                    Route::Payments => payments.clone(),
+                };
                 async move {
                     let body = serde_json::to_vec(&event.body).unwrap_or_default();
                     let sent = publisher
@@ -658,8 +699,13 @@ impl PostCommit {
 /// Integrity-constraint violations (SQLSTATE class 23) and data exceptions (22) mean the batch
 /// itself is unacceptable; anything else (connection loss, restart, serialization) may pass on
 /// a retry.
+///
+/// One exception: a promo code valid for every show is counted by each show's writer, so two
+/// writers may race for its last uses; the loser's batch trips `promo_code_usage_within_limit`
+/// and is retried with the counts read afresh, which then refuses the code.
 fn refused(err: &sqlx::Error) -> bool {
     match err {
+        sqlx::Error::Database(db) if db.constraint() == Some("promo_code_usage_within_limit") => false,
         sqlx::Error::Database(db) => db
             .code()
             .is_some_and(|code| code.starts_with("23") || code.starts_with("22")),
@@ -671,6 +717,12 @@ fn kind(command: &ShowCommand) -> &'static str {
     match command {
         ShowCommand::HoldSeats(_) => "HoldSeats",
         ShowCommand::ReleaseHold(_) => "ReleaseHold",
+        ShowCommand::StartPayment(_) => "StartPayment",
+        ShowCommand::ConfirmBooking(_) => "ConfirmBooking",
+        ShowCommand::PaymentFailed(_) => "PaymentFailed",
+        ShowCommand::CancelBooking(_) => "CancelBooking",
+        ShowCommand::RecordRefund(_) => "RecordRefund",
+        ShowCommand::JoinWaitlist(_) => "JoinWaitlist",
     }
 }
 
@@ -680,7 +732,10 @@ async fn activate(context: &Context, show: ShowId) -> Result<Writer, Failure> {
         .await
         .map_err(|err| Failure::Transient("take_over", err.into()))?
         .ok_or_else(|| Failure::Transient("take_over", anyhow::anyhow!("show {show} does not exist")))?;
-    let state = store::load_show(&context.db, show)
+    if let Err(err) = store::refresh_statistics(&context.db, show).await {
+        tracing::warn!(%show, error = %err, "cannot refresh planner statistics; batches may be slower");
+    }
+    let state = store::load_show(&context.db, show, &context.config)
         .await
         .map_err(|err| Failure::Transient("load", err.into()))?;
     let writer = Writer {

@@ -103,6 +103,22 @@ pub mod defaults {
     pub const ADMIN_PORT_PAYMENT_WORKER: u16 = 9103;
     /// Admin port of the notifier.
     pub const ADMIN_PORT_NOTIFIER: u16 = 9104;
+    /// The development secret of gateway webhooks when `GATEWAY_WEBHOOK_SECRET` is unset: the
+    /// gateway simulator signs with it and ingress verifies with it (`scripts/up` sets a real one).
+    pub const GATEWAY_WEBHOOK_SECRET: &str = "floodgate-development-webhook-secret";
+    /// The development ticket key used when `TICKET_SIGNING_KEY` is unset (`scripts/up` sets one).
+    pub const TICKET_SIGNING_KEY: &str = "floodgate-development-ticket-key-do-not-use";
+}
+
+/// `TICKET_SIGNING_KEY`: the key ticket codes are signed with, shared by the booking-worker
+/// (which issues tickets) and ingress (which checks them in). Warns when the development key is
+/// in use.
+pub fn ticket_signing_key() -> Secret {
+    let key = env_string("TICKET_SIGNING_KEY", defaults::TICKET_SIGNING_KEY);
+    if key == defaults::TICKET_SIGNING_KEY {
+        tracing::warn!("TICKET_SIGNING_KEY is unset: using the development ticket key");
+    }
+    Secret::new(key)
 }
 
 /// Settings every process has.

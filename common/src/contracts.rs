@@ -2,15 +2,23 @@
 //! events themselves. They live here and nowhere else (DESIGN.md "Message topology").
 //!
 //! - Commands on a show's queue (`show.<show_id>`, consumed by its single writer):
-//!   [`HoldSeats`], [`ReleaseHold`]; [`ShowCommand`] decodes any of them.
+//!   [`HoldSeats`], [`ReleaseHold`], [`StartPayment`], [`ConfirmBooking`], [`PaymentFailed`],
+//!   [`CancelBooking`], [`RecordRefund`], [`JoinWaitlist`]; [`ShowCommand`] decodes any of them.
+//! - Messages on the `payments` queue (competing payment-workers): [`ChargePayment`] and
+//!   [`GatewayEvent`] from the `payments` exchange, plus the [`BookingConfirmRejected`] and
+//!   [`BookingCancelled`] facts it binds from `events`; [`PaymentsMessage`] decodes any of them.
 //! - Facts on the `events` exchange, routing key `<type>.<show_id>` ([`event_routing_key`]):
 //!   [`HoldPlaced`], [`HoldRejected`], [`HoldReleased`], [`HoldExpired`], [`ShowInventory`],
-//!   [`ShowSoldOut`].
+//!   [`ShowSoldOut`], [`BookingPaymentPending`], [`BookingPaymentFailed`], [`BookingConfirmed`],
+//!   [`BookingConfirmRejected`], [`BookingCancelled`], [`WaitlistOffered`], [`ChargeSucceeded`]
+//!   (`payment.succeeded`), [`ChargeFailed`] (`payment.failed`), [`RefundSucceeded`].
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use time::OffsetDateTime;
 
-use crate::ids::{BookingId, CommandId, MessageId, SeatId, ShowId, UserId};
+use crate::ids::{
+    BookingId, CommandId, MessageId, PaymentId, RefundId, SeatId, ShowId, TicketId, UserId, WaitlistEntryId,
+};
 
 /// A message body that can travel in an [`Envelope`].
 pub trait Message: Serialize + DeserializeOwned {
@@ -163,6 +171,109 @@ impl Message for ReleaseHold {
     const TYPE: &'static str = "ReleaseHold";
 }
 
+/// Command: charge the fan's card for a held booking (the fan asked to pay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartPayment {
+    /// Idempotency of the command; derived from the fan's `Idempotency-Key`.
+    pub command_id: CommandId,
+    /// The fan (only the booking's owner may pay for it).
+    pub user_id: UserId,
+    /// The booking to pay.
+    pub booking_id: BookingId,
+    /// The payment row the writer creates; the id the fan polls.
+    pub payment_id: PaymentId,
+    /// The card token the fan's browser got from the gateway.
+    pub card_token: String,
+}
+
+impl Message for StartPayment {
+    const TYPE: &'static str = "StartPayment";
+}
+
+/// Command (from the payment-worker): the charge succeeded, confirm the booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmBooking {
+    /// Idempotency of the confirmation.
+    pub command_id: CommandId,
+    /// The fan who paid (named in `booking.confirm_rejected` when the booking is gone).
+    pub user_id: UserId,
+    /// The booking paid for.
+    pub booking_id: BookingId,
+    /// The succeeded payment.
+    pub payment_id: PaymentId,
+}
+
+impl Message for ConfirmBooking {
+    const TYPE: &'static str = "ConfirmBooking";
+}
+
+/// Command (from the payment-worker): the charge failed; the booking goes back to `held` while
+/// its hold lasts, so the fan can pay with another card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    /// Idempotency of the command.
+    pub command_id: CommandId,
+    /// The booking.
+    pub booking_id: BookingId,
+    /// The failed payment.
+    pub payment_id: PaymentId,
+    /// The gateway's decline code, e.g. `card_declined`.
+    pub code: String,
+}
+
+impl Message for PaymentFailed {
+    const TYPE: &'static str = "PaymentFailed";
+}
+
+/// Command: the fan cancels a confirmed booking (refunded by the show's policy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelBooking {
+    /// Idempotency of the cancellation.
+    pub command_id: CommandId,
+    /// The fan (only the booking's owner may cancel it).
+    pub user_id: UserId,
+    /// The booking.
+    pub booking_id: BookingId,
+}
+
+impl Message for CancelBooking {
+    const TYPE: &'static str = "CancelBooking";
+}
+
+/// Command (from the payment-worker): a cancelled booking's charge was refunded in full.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordRefund {
+    /// Idempotency of the command.
+    pub command_id: CommandId,
+    /// The cancelled booking.
+    pub booking_id: BookingId,
+    /// The refunded payment.
+    pub payment_id: PaymentId,
+    /// The refund.
+    pub refund_id: RefundId,
+}
+
+impl Message for RecordRefund {
+    const TYPE: &'static str = "RecordRefund";
+}
+
+/// Command: the fan joins a sold-out show's waitlist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinWaitlist {
+    /// Idempotency of the command.
+    pub command_id: CommandId,
+    /// The fan.
+    pub user_id: UserId,
+    /// The entry the writer creates.
+    pub waitlist_entry_id: WaitlistEntryId,
+    /// How many seats the fan wants (best available, one tier).
+    pub quantity: u32,
+}
+
+impl Message for JoinWaitlist {
+    const TYPE: &'static str = "JoinWaitlist";
+}
+
 /// Any command of a show's queue.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ShowCommand {
@@ -170,21 +281,33 @@ pub enum ShowCommand {
     HoldSeats(Envelope<HoldSeats>),
     /// See [`ReleaseHold`].
     ReleaseHold(Envelope<ReleaseHold>),
+    /// See [`StartPayment`].
+    StartPayment(Envelope<StartPayment>),
+    /// See [`ConfirmBooking`].
+    ConfirmBooking(Envelope<ConfirmBooking>),
+    /// See [`PaymentFailed`].
+    PaymentFailed(Envelope<PaymentFailed>),
+    /// See [`CancelBooking`].
+    CancelBooking(Envelope<CancelBooking>),
+    /// See [`RecordRefund`].
+    RecordRefund(Envelope<RecordRefund>),
+    /// See [`JoinWaitlist`].
+    JoinWaitlist(Envelope<JoinWaitlist>),
 }
 
 impl ShowCommand {
     /// Decodes a show-queue message by its envelope `type`.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        #[derive(Deserialize)]
-        struct Kind {
-            #[serde(rename = "type")]
-            kind: String,
-        }
-        let Kind { kind } = serde_json::from_slice(body)?;
-        match kind.as_str() {
+        match envelope_type(body)?.as_str() {
             HoldSeats::TYPE => decode(body).map(Self::HoldSeats),
             ReleaseHold::TYPE => decode(body).map(Self::ReleaseHold),
-            _ => Err(DecodeError::UnknownType(kind)),
+            StartPayment::TYPE => decode(body).map(Self::StartPayment),
+            ConfirmBooking::TYPE => decode(body).map(Self::ConfirmBooking),
+            PaymentFailed::TYPE => decode(body).map(Self::PaymentFailed),
+            CancelBooking::TYPE => decode(body).map(Self::CancelBooking),
+            RecordRefund::TYPE => decode(body).map(Self::RecordRefund),
+            JoinWaitlist::TYPE => decode(body).map(Self::JoinWaitlist),
+            other => Err(DecodeError::UnknownType(other.to_owned())),
         }
     }
 
@@ -193,8 +316,39 @@ impl ShowCommand {
         match self {
             Self::HoldSeats(envelope) => envelope.payload.command_id,
             Self::ReleaseHold(envelope) => envelope.payload.command_id,
+            Self::StartPayment(envelope) => envelope.payload.command_id,
+            Self::ConfirmBooking(envelope) => envelope.payload.command_id,
+            Self::PaymentFailed(envelope) => envelope.payload.command_id,
+            Self::CancelBooking(envelope) => envelope.payload.command_id,
+            Self::RecordRefund(envelope) => envelope.payload.command_id,
+            Self::JoinWaitlist(envelope) => envelope.payload.command_id,
         }
     }
+
+    /// When the command was issued.
+    pub fn occurred_at(&self) -> OffsetDateTime {
+        match self {
+            Self::HoldSeats(envelope) => envelope.occurred_at,
+            Self::ReleaseHold(envelope) => envelope.occurred_at,
+            Self::StartPayment(envelope) => envelope.occurred_at,
+            Self::ConfirmBooking(envelope) => envelope.occurred_at,
+            Self::PaymentFailed(envelope) => envelope.occurred_at,
+            Self::CancelBooking(envelope) => envelope.occurred_at,
+            Self::RecordRefund(envelope) => envelope.occurred_at,
+            Self::JoinWaitlist(envelope) => envelope.occurred_at,
+        }
+    }
+}
+
+/// The envelope `type` of a message body, read without decoding the payload.
+fn envelope_type(body: &[u8]) -> Result<String, DecodeError> {
+    #[derive(Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    let Kind { kind } = serde_json::from_slice(body)?;
+    Ok(kind)
 }
 
 /// One seat of a hold, as events and the API report it.
@@ -345,6 +499,256 @@ pub struct ShowSoldOut {
 
 impl Message for ShowSoldOut {
     const TYPE: &'static str = "show.sold_out";
+}
+
+/// Fact: the fan asked to pay; the booking waits for the charge, its hold extended by the
+/// payment grace period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingPaymentPending {
+    /// The fan.
+    pub user_id: UserId,
+    /// The booking.
+    pub booking_id: BookingId,
+    /// The payment being charged.
+    pub payment_id: PaymentId,
+    /// The extended end of the hold.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl Message for BookingPaymentPending {
+    const TYPE: &'static str = "booking.payment_pending";
+}
+
+/// Fact: a charge failed and the booking is `held` again (or `expired`, when its time ran out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingPaymentFailed {
+    /// The fan.
+    pub user_id: UserId,
+    /// The booking.
+    pub booking_id: BookingId,
+    /// The failed payment.
+    pub payment_id: PaymentId,
+    /// The gateway's decline code.
+    pub code: String,
+    /// The booking's status now: `held` or `expired`.
+    pub status: String,
+}
+
+impl Message for BookingPaymentFailed {
+    const TYPE: &'static str = "booking.payment_failed";
+}
+
+/// Fact: a booking is paid and its seats sold; its tickets are issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingConfirmed {
+    /// The fan.
+    pub user_id: UserId,
+    /// The booking.
+    pub booking_id: BookingId,
+    /// The payment that paid for it.
+    pub payment_id: PaymentId,
+    /// The seats sold.
+    pub seats: Vec<HeldSeat>,
+    /// One ticket per seat (codes are read from PostgreSQL, never sent on the bus).
+    pub ticket_ids: Vec<TicketId>,
+    /// What the fan paid.
+    pub total_cents: i64,
+    /// ISO 4217.
+    pub currency: String,
+}
+
+impl Message for BookingConfirmed {
+    const TYPE: &'static str = "booking.confirmed";
+}
+
+/// Fact: a charge succeeded for a booking that can no longer be confirmed (its hold expired or
+/// was released); the payment-worker refunds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingConfirmRejected {
+    /// The fan.
+    pub user_id: UserId,
+    /// The booking.
+    pub booking_id: BookingId,
+    /// The payment to refund in full.
+    pub payment_id: PaymentId,
+    /// The booking's status, which is why.
+    pub booking_status: String,
+}
+
+impl Message for BookingConfirmRejected {
+    const TYPE: &'static str = "booking.confirm_rejected";
+}
+
+/// Fact: a confirmed booking was cancelled; its seats are on sale again, its tickets void, and
+/// the payment-worker refunds `refund_cents` of its payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingCancelled {
+    /// The cancel command.
+    pub command_id: CommandId,
+    /// The fan.
+    pub user_id: UserId,
+    /// The booking.
+    pub booking_id: BookingId,
+    /// The payment to refund.
+    pub payment_id: PaymentId,
+    /// How much to refund.
+    pub refund_cents: i64,
+    /// ISO 4217.
+    pub currency: String,
+}
+
+impl Message for BookingCancelled {
+    const TYPE: &'static str = "booking.cancelled";
+}
+
+/// Fact: seats came back on a sold-out show and a waitlisted fan was given a hold on them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitlistOffered {
+    /// The fan.
+    pub user_id: UserId,
+    /// The waitlist entry.
+    pub waitlist_entry_id: WaitlistEntryId,
+    /// The booking holding the offered seats (pay it like any hold).
+    pub booking_id: BookingId,
+    /// The seats.
+    pub seats: Vec<HeldSeat>,
+    /// What the fan pays.
+    pub total_cents: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// When the offer lapses unless paid.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl Message for WaitlistOffered {
+    const TYPE: &'static str = "waitlist.offered";
+}
+
+/// Command to the payment-worker: charge a card for a booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargePayment {
+    /// The payment row (status `processing`).
+    pub payment_id: PaymentId,
+    /// The booking it pays.
+    pub booking_id: BookingId,
+    /// The booking's show (whose queue gets the outcome).
+    pub show_id: ShowId,
+    /// The fan.
+    pub user_id: UserId,
+    /// How much.
+    pub amount_cents: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// The card token.
+    pub card_token: String,
+    /// The gateway `Idempotency-Key` every attempt of this charge reuses.
+    pub idempotency_key: String,
+}
+
+impl Message for ChargePayment {
+    const TYPE: &'static str = "ChargePayment";
+}
+
+/// A gateway webhook event that ingress verified, deduplicated and queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayEvent {
+    /// The gateway's event id.
+    pub event_id: String,
+    /// The gateway's event type, e.g. `payment_intent.succeeded`.
+    pub event_type: String,
+    /// The event's object (a payment intent or a refund), as the gateway sent it.
+    pub object: serde_json::Value,
+}
+
+impl Message for GatewayEvent {
+    const TYPE: &'static str = "GatewayEvent";
+}
+
+/// Fact: a card was charged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeSucceeded {
+    /// The fan.
+    pub user_id: UserId,
+    /// The booking.
+    pub booking_id: BookingId,
+    /// The payment.
+    pub payment_id: PaymentId,
+    /// How much.
+    pub amount_cents: i64,
+    /// ISO 4217.
+    pub currency: String,
+}
+
+impl Message for ChargeSucceeded {
+    const TYPE: &'static str = "payment.succeeded";
+}
+
+/// Fact: a charge was declined or failed for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeFailed {
+    /// The fan.
+    pub user_id: UserId,
+    /// The booking.
+    pub booking_id: BookingId,
+    /// The payment.
+    pub payment_id: PaymentId,
+    /// The gateway's decline code.
+    pub code: String,
+}
+
+impl Message for ChargeFailed {
+    const TYPE: &'static str = "payment.failed";
+}
+
+/// Fact: money went back to the fan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundSucceeded {
+    /// The fan.
+    pub user_id: UserId,
+    /// The booking.
+    pub booking_id: BookingId,
+    /// The refunded payment.
+    pub payment_id: PaymentId,
+    /// The refund.
+    pub refund_id: RefundId,
+    /// How much.
+    pub amount_cents: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// `cancelled` or `confirm_rejected`.
+    pub reason: String,
+}
+
+impl Message for RefundSucceeded {
+    const TYPE: &'static str = "refund.succeeded";
+}
+
+/// Anything the `payments` queue carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PaymentsMessage {
+    /// See [`ChargePayment`].
+    ChargePayment(Envelope<ChargePayment>),
+    /// See [`GatewayEvent`].
+    GatewayEvent(Envelope<GatewayEvent>),
+    /// A refund to make: see [`BookingConfirmRejected`].
+    BookingConfirmRejected(Envelope<BookingConfirmRejected>),
+    /// A refund to make: see [`BookingCancelled`].
+    BookingCancelled(Envelope<BookingCancelled>),
+}
+
+impl PaymentsMessage {
+    /// Decodes a `payments` queue message by its envelope `type`.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        match envelope_type(body)?.as_str() {
+            ChargePayment::TYPE => decode(body).map(Self::ChargePayment),
+            GatewayEvent::TYPE => decode(body).map(Self::GatewayEvent),
+            BookingConfirmRejected::TYPE => decode(body).map(Self::BookingConfirmRejected),
+            BookingCancelled::TYPE => decode(body).map(Self::BookingCancelled),
+            other => Err(DecodeError::UnknownType(other.to_owned())),
+        }
+    }
 }
 
 #[cfg(test)]

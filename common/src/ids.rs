@@ -77,6 +77,12 @@ id_type!(
     PaymentId,
     /// A ticket.
     TicketId,
+    /// A refund of a payment.
+    RefundId,
+    /// A promo code.
+    PromoCodeId,
+    /// A fan's place on a sold-out show's waitlist.
+    WaitlistEntryId,
     /// A command sent to a show's queue; also the hold request id.
     CommandId,
     /// An envelope's message id.

@@ -10,6 +10,8 @@
 //! - [`availability`]: the per-show seat availability snapshot in Redis.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on each process's admin port.
 //! - [`shutdown`]: SIGTERM/SIGINT turned into a cancellation token.
+//! - [`tickets`]: unguessable, signed ticket codes.
+//! - [`signature`]: timestamped HMAC signatures of webhooks.
 //! - `testing` (feature): a fresh database per test.
 
 pub mod admin;
@@ -20,6 +22,8 @@ pub mod db;
 pub mod ids;
 pub mod mq;
 pub mod shutdown;
+pub mod signature;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tickets;

@@ -21,7 +21,7 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    contracts::{Envelope, Message},
+    contracts::{BookingCancelled, BookingConfirmRejected, Envelope, Message},
     ids::ShowId,
 };
 
@@ -97,6 +97,19 @@ impl Topology {
         self.name(&format!("show.{show}"))
     }
 
+    /// The notifier's durable queue of the facts it turns into e-mails and webhooks
+    /// (competing consumers).
+    pub fn notifier_queue(&self) -> String {
+        self.name("notifier")
+    }
+
+    /// The notifier's retry queue for a delivery's `attempt`-th failure: its messages wait out
+    /// their TTL there, then dead-letter back to [`Topology::notifier_queue`]. One queue per
+    /// attempt, so a short wait never sits behind a long one.
+    pub fn notifier_retry_queue(&self, attempt: u32) -> String {
+        self.name(&format!("notifier.retry.{attempt}"))
+    }
+
     /// Declares the exchanges and the shared queues. Idempotent: every process may call it at
     /// start-up, in any order.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
@@ -147,6 +160,18 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        // The facts that call for a refund reach the payment-workers on the same queue.
+        for fact in [BookingConfirmRejected::TYPE, BookingCancelled::TYPE] {
+            channel
+                .queue_bind(
+                    self.payments_queue().into(),
+                    self.events_exchange().into(),
+                    format!("{fact}.*").into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(())
     }
 

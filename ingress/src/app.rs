@@ -13,7 +13,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use common::{admin::Readiness, config::Secret, db, ids::UserId, mq};
+use common::{admin::Readiness, config::Secret, db, ids::UserId, mq, tickets::TicketSigner};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +69,10 @@ pub struct AppState {
     pub holds: Arc<routes::holds::HoldsContext>,
     /// Seat layouts and availability snapshots.
     pub seat_maps: Arc<crate::seatmap::SeatMaps>,
+    /// Verifies ticket signatures at check-in.
+    pub ticket_signer: Arc<TicketSigner>,
+    /// The HMAC key of the payment gateway's webhook signatures.
+    pub gateway_webhook_secret: Secret,
 }
 
 /// A built, bound, not yet running ingress.
@@ -86,7 +90,10 @@ impl Application {
     /// admin if asked to, declares the RabbitMQ topology and binds both listeners.
     pub async fn build(config: IngressConfig) -> anyhow::Result<Self> {
         if config.uses_development_secret() {
-            tracing::warn!("JWT_SECRET is not set: using the development secret; never do this in production");
+            tracing::warn!(
+                "a development secret is in use (JWT_SECRET, ADMISSION_TOKEN_KEYS or GATEWAY_WEBHOOK_SECRET unset); \
+                 never do this in production"
+            );
         }
         let pool = db::pool(&config.common.database_url, config.common.database_max_connections)?;
         if config.migrate_on_start {
@@ -135,6 +142,8 @@ impl Application {
             shutdown: CancellationToken::new(),
             holds,
             seat_maps,
+            ticket_signer: Arc::new(TicketSigner::new(config.ticket_signing_key.expose())),
+            gateway_webhook_secret: config.gateway_webhook_secret.clone(),
         };
         let hub = Arc::clone(&state.hub);
         let readiness = Readiness::new()

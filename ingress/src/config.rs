@@ -43,7 +43,17 @@ pub struct IngressConfig {
     /// `WS_ALLOWED_ORIGINS` (default: the CORS origins): browser origins allowed to open the
     /// waiting-room WebSocket.
     pub ws_allowed_origins: Vec<String>,
+    /// `GATEWAY_WEBHOOK_SECRET`: the HMAC key of the payment gateway's webhook signatures
+    /// (shared with the gateway; the simulator's development default when unset).
+    pub gateway_webhook_secret: Secret,
+    /// `TICKET_SIGNING_KEY`: verifies ticket signatures at check-in (shared with the
+    /// booking-worker, which issues tickets).
+    pub ticket_signing_key: Secret,
 }
+
+/// The development webhook secret used when `GATEWAY_WEBHOOK_SECRET` is unset; the gateway
+/// simulator signs with the same default, so a local stack works out of the box.
+pub const DEV_GATEWAY_WEBHOOK_SECRET: &str = common::config::defaults::GATEWAY_WEBHOOK_SECRET;
 
 /// The development admission key used when `ADMISSION_TOKEN_KEYS` is unset.
 const DEV_ADMISSION_KEYS: &str = "dev:floodgate-development-admission-key";
@@ -79,11 +89,15 @@ impl IngressConfig {
             auth_rate_burst: env_or("AUTH_RATE_BURST", 10)?,
             trust_forwarded_for: env_or("TRUST_FORWARDED_FOR", false)?,
             migrate_on_start: env_or("MIGRATE_ON_START", true)?,
+            gateway_webhook_secret: Secret::new(env_string("GATEWAY_WEBHOOK_SECRET", DEV_GATEWAY_WEBHOOK_SECRET)),
+            ticket_signing_key: common::config::ticket_signing_key(),
         })
     }
 
     /// True when a built-in development secret is in use.
     pub fn uses_development_secret(&self) -> bool {
-        self.jwt_secret.expose() == DEV_JWT_SECRET || self.admission_token_keys.expose() == DEV_ADMISSION_KEYS
+        self.jwt_secret.expose() == DEV_JWT_SECRET
+            || self.admission_token_keys.expose() == DEV_ADMISSION_KEYS
+            || self.gateway_webhook_secret.expose() == DEV_GATEWAY_WEBHOOK_SECRET
     }
 }

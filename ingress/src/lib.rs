@@ -1,5 +1,6 @@
-//! Ingress: the public HTTP API of Floodgate (accounts, catalog, organizer/admin calls; the
-//! waiting room and bookings as they arrive), stateless so any number of replicas can run.
+//! Ingress: the public HTTP API of Floodgate (accounts, catalog, organizer/admin calls, the
+//! waiting room, holds, payments, tickets and check-in, gateway webhooks), stateless so any
+//! number of replicas can run.
 //!
 //! - [`app`]: state, middleware stack, listeners, run and drain.
 //! - [`config`]: settings from the environment.
@@ -8,8 +9,10 @@
 //! - [`domain`]: request values parsed into domain types.
 //! - [`store`]: the SQL, one statement per function.
 //! - [`error`]: problem+json errors and the extractors that produce them.
+//! - [`idempotency`]: `Idempotency-Key`: derived ids and body fingerprints.
 //! - [`seatmap`]: cached seat layouts plus the Redis availability snapshot.
-//! - [`results`]: hold results from the booking-workers, handed to waiting requests.
+//! - [`results`]: hold results and booking, payment, refund and waitlist facts from the workers,
+//!   handed to waiting requests and the fans' WebSockets.
 //! - [`room`]: this instance's waiting-room subscriptions and batched heartbeats.
 //! - [`metrics`]: Prometheus metrics.
 
@@ -18,6 +21,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod idempotency;
 pub mod metrics;
 pub mod results;
 pub mod room;

@@ -76,3 +76,32 @@ pub fn ws_fanout(elapsed: Duration) {
 pub fn queue_join() {
     QUEUE_JOINS.inc();
 }
+
+static WEBHOOK_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "floodgate_gateway_webhooks_total",
+        "Payment gateway webhook deliveries, by outcome (queued, duplicate, invalid_signature, \
+         stale_signature, invalid_event, unavailable).",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts one gateway webhook delivery.
+pub fn webhook(outcome: &str) {
+    WEBHOOK_EVENTS.with_label_values(&[outcome]).inc();
+}
+
+static CHECK_INS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "floodgate_check_ins_total",
+        "Ticket scans at the door, by outcome (admitted, already_checked_in, ticket_void, ticket_not_found).",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts one ticket scan.
+pub fn check_in(outcome: &str) {
+    CHECK_INS.with_label_values(&[outcome]).inc();
+}

@@ -1,9 +1,11 @@
-//! Hold results coming back from the booking-workers.
+//! Hold results and booking facts coming back from the workers.
 //!
 //! Each ingress instance consumes the `events` exchange through its own exclusive, auto-deleted
-//! queue bound to `hold.*.*`, and hands each result to the request waiting for it
-//! (`POST /holds?wait=`), if one is waiting on this instance, and to the fan's WebSockets on
-//! this instance (`hold_result`, and `booking` when a hold is released or lapses). Results are notifications: the
+//! queue bound to `hold.*.*`, `booking.*.*`, `payment.*.*`, `refund.*.*` and `waitlist.*.*`, and
+//! hands each hold result to the request waiting for it (`POST /holds?wait=`), if one is waiting
+//! on this instance, and every fact to the fan's WebSockets on this instance (`hold_result`, and
+//! `booking` when a hold is released or lapses, a payment starts, succeeds or fails, a booking is
+//! confirmed, cancelled or refunded, or a waitlist offer arrives). Results are notifications: the
 //! queue is consumed without acknowledgements, and a result this instance misses (it was
 //! reconnecting) is still in PostgreSQL for `GET /hold-requests/{id}`; a waiting request then
 //! answers 202 when its wait runs out.
@@ -65,6 +67,125 @@ impl Drop for SocketSubscription {
             }
         }
     }
+}
+
+/// The facts this instance listens to (`<entity>.<fact>.<show_id>`): hold results, and what
+/// happens to bookings afterwards (payments, confirmation, cancellation, refunds, waitlist
+/// offers), which fans see live as `booking` messages.
+const BOUND_EVENTS: &[&str] = &["hold.*.*", "booking.*.*", "payment.*.*", "refund.*.*", "waitlist.*.*"];
+
+fn rfc3339(at: time::OffsetDateTime) -> Option<String> {
+    at.format(&time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The `booking` WebSocket message a fact means for its fan, or `None` for other facts (hold
+/// results, show facts). `status` is the booking's status after the fact, when the fact says;
+/// payment and refund facts carry `payment` / `refund` instead. Facts after the hold also name
+/// themselves in `event`.
+fn booking_message(kind: &str, body: &[u8]) -> Option<(UserId, serde_json::Value)> {
+    use contracts::{
+        BookingCancelled, BookingConfirmRejected, BookingConfirmed, BookingPaymentFailed, BookingPaymentPending,
+        ChargeFailed, ChargeSucceeded, RefundSucceeded, WaitlistOffered, decode,
+    };
+    use serde_json::json;
+    Some(match kind {
+        HoldReleased::TYPE => {
+            let fact = decode::<HoldReleased>(body).ok()?.payload;
+            (
+                fact.user_id,
+                json!({"type": "booking", "booking_id": fact.booking_id, "status": "released"}),
+            )
+        }
+        HoldExpired::TYPE => {
+            let fact = decode::<HoldExpired>(body).ok()?.payload;
+            (
+                fact.user_id,
+                json!({"type": "booking", "booking_id": fact.booking_id, "status": "expired"}),
+            )
+        }
+        BookingPaymentPending::TYPE => {
+            let fact = decode::<BookingPaymentPending>(body).ok()?.payload;
+            (
+                fact.user_id,
+                json!({"type": "booking", "event": kind, "booking_id": fact.booking_id, "status": "payment_pending",
+                       "payment": {"payment_id": fact.payment_id, "status": "processing"},
+                       "expires_at": rfc3339(fact.expires_at)}),
+            )
+        }
+        BookingPaymentFailed::TYPE => {
+            let fact = decode::<BookingPaymentFailed>(body).ok()?.payload;
+            (
+                fact.user_id,
+                json!({"type": "booking", "event": kind, "booking_id": fact.booking_id, "status": fact.status,
+                       "payment": {"payment_id": fact.payment_id, "status": "failed", "failure_code": fact.code}}),
+            )
+        }
+        BookingConfirmed::TYPE => {
+            let fact = decode::<BookingConfirmed>(body).ok()?.payload;
+            (
+                fact.user_id,
+                json!({"type": "booking", "event": kind, "booking_id": fact.booking_id, "status": "confirmed",
+                       "payment": {"payment_id": fact.payment_id, "status": "succeeded"},
+                       "ticket_ids": fact.ticket_ids, "total_cents": fact.total_cents, "currency": fact.currency}),
+            )
+        }
+        BookingConfirmRejected::TYPE => {
+            let fact = decode::<BookingConfirmRejected>(body).ok()?.payload;
+            (
+                fact.user_id,
+                json!({"type": "booking", "event": kind, "booking_id": fact.booking_id, "status": fact.booking_status,
+                       "payment": {"payment_id": fact.payment_id, "status": "succeeded"}}),
+            )
+        }
+        BookingCancelled::TYPE => {
+            let fact = decode::<BookingCancelled>(body).ok()?.payload;
+            (
+                fact.user_id,
+                json!({"type": "booking", "event": kind, "booking_id": fact.booking_id, "status": "cancelled",
+                       "refund_cents": fact.refund_cents, "currency": fact.currency}),
+            )
+        }
+        ChargeSucceeded::TYPE => {
+            let fact = decode::<ChargeSucceeded>(body).ok()?.payload;
+            (
+                fact.user_id,
+                json!({"type": "booking", "event": kind, "booking_id": fact.booking_id,
+                       "payment": {"payment_id": fact.payment_id, "status": "succeeded",
+                                   "amount_cents": fact.amount_cents, "currency": fact.currency}}),
+            )
+        }
+        ChargeFailed::TYPE => {
+            let fact = decode::<ChargeFailed>(body).ok()?.payload;
+            (
+                fact.user_id,
+                json!({"type": "booking", "event": kind, "booking_id": fact.booking_id,
+                       "payment": {"payment_id": fact.payment_id, "status": "failed", "failure_code": fact.code}}),
+            )
+        }
+        RefundSucceeded::TYPE => {
+            let fact = decode::<RefundSucceeded>(body).ok()?.payload;
+            let mut message = json!({"type": "booking", "event": kind, "booking_id": fact.booking_id,
+                "refund": {"refund_id": fact.refund_id, "payment_id": fact.payment_id,
+                           "amount_cents": fact.amount_cents, "currency": fact.currency, "reason": fact.reason}});
+            // A cancelled booking is `refunded` once its money is back; a refunded late charge
+            // leaves its (expired or released) booking as it was.
+            if fact.reason == "cancelled" {
+                message["status"] = "refunded".into();
+            }
+            (fact.user_id, message)
+        }
+        WaitlistOffered::TYPE => {
+            let fact = decode::<WaitlistOffered>(body).ok()?.payload;
+            (
+                fact.user_id,
+                json!({"type": "booking", "event": kind, "booking_id": fact.booking_id, "status": "held",
+                       "waitlist_entry_id": fact.waitlist_entry_id, "seats": fact.seats,
+                       "total_cents": fact.total_cents, "currency": fact.currency,
+                       "expires_at": rfc3339(fact.expires_at)}),
+            )
+        }
+        _ => return None,
+    })
 }
 
 /// Messages a socket may fall behind by before newer ones are dropped (it can always poll).
@@ -148,20 +269,8 @@ impl Results {
         let kind = serde_json::from_slice::<serde_json::Value>(body)
             .ok()
             .and_then(|value| value["type"].as_str().map(str::to_owned));
-        let booking_change = match kind.as_deref() {
-            Some(HoldReleased::TYPE) => contracts::decode::<HoldReleased>(body)
-                .ok()
-                .map(|e| (e.payload.user_id, e.payload.booking_id, "released")),
-            Some(HoldExpired::TYPE) => contracts::decode::<HoldExpired>(body)
-                .ok()
-                .map(|e| (e.payload.user_id, e.payload.booking_id, "expired")),
-            _ => None,
-        };
-        if let Some((user, booking, status)) = booking_change {
-            self.tell_sockets(
-                user,
-                &serde_json::json!({"type": "booking", "booking_id": booking, "status": status}),
-            );
+        if let Some((user, message)) = kind.as_deref().and_then(|kind| booking_message(kind, body)) {
+            self.tell_sockets(user, &message);
             return;
         }
         let outcome = match kind.as_deref() {
@@ -232,15 +341,17 @@ impl Results {
                 FieldTable::default(),
             )
             .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                broker.topology().events_exchange().into(),
-                "hold.*.*".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for routing_key in BOUND_EVENTS {
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    broker.topology().events_exchange().into(),
+                    (*routing_key).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         let mut consumer = channel
             .basic_consume(
                 queue.name().clone(),
@@ -263,5 +374,57 @@ impl Results {
                 () = shutdown.cancelled() => return Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use common::{
+        contracts::{BookingPaymentFailed, Envelope, RefundSucceeded},
+        ids::{BookingId, PaymentId, RefundId, ShowId},
+    };
+
+    use super::*;
+
+    fn body<T: contracts::Message>(payload: T) -> Vec<u8> {
+        serde_json::to_vec(&Envelope::new(Some(ShowId::new()), payload)).unwrap()
+    }
+
+    #[test]
+    fn payment_and_refund_facts_become_booking_messages_for_their_fan_only() {
+        let results = Arc::new(Results::default());
+        let (fan, other) = (UserId::new(), UserId::new());
+        let mut socket = results.subscribe(fan);
+        let mut others = results.subscribe(other);
+        let (booking, payment) = (BookingId::new(), PaymentId::new());
+        results.deliver(&body(BookingPaymentFailed {
+            user_id: fan,
+            booking_id: booking,
+            payment_id: payment,
+            code: "card_declined".to_owned(),
+            status: "held".to_owned(),
+        }));
+        let message = socket.messages.try_recv().unwrap();
+        assert_eq!(message["type"], "booking");
+        assert_eq!(message["event"], "booking.payment_failed");
+        assert_eq!(message["status"], "held");
+        assert_eq!(message["payment"]["failure_code"], "card_declined");
+
+        for (reason, status) in [("cancelled", Some("refunded")), ("confirm_rejected", None)] {
+            results.deliver(&body(RefundSucceeded {
+                user_id: fan,
+                booking_id: booking,
+                payment_id: payment,
+                refund_id: RefundId::new(),
+                amount_cents: 5000,
+                currency: "EUR".to_owned(),
+                reason: reason.to_owned(),
+            }));
+            let message = socket.messages.try_recv().unwrap();
+            assert_eq!(message["event"], "refund.succeeded");
+            assert_eq!(message["refund"]["amount_cents"], 5000);
+            assert_eq!(message["status"].as_str(), status, "{reason}");
+        }
+        assert!(others.messages.try_recv().is_err(), "another fan hears nothing");
     }
 }

@@ -205,6 +205,7 @@ impl Harness {
                 batch_max: 64,
                 batch_wait: Duration::from_millis(5),
                 retry_min: Duration::from_millis(50),
+                ..WorkerConfig::default()
             },
             discovery_interval: Duration::from_millis(200),
             relay_interval: Duration::from_millis(200),

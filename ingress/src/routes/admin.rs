@@ -196,17 +196,67 @@ pub struct CreateEventRequest {
     pub description: String,
     /// City.
     pub city: String,
+    /// An http(s) URL that receives the event's booking facts (`booking.confirmed`,
+    /// `booking.cancelled`), signed with a secret returned once, in this response.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+}
+
+/// 201: the event, plus its webhook settings when one was asked for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedEventResponse {
+    /// The event.
+    #[serde(flatten)]
+    pub event: EventResponse,
+    /// The organizer webhook's URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// The secret the webhook's `Floodgate-Signature` is made with. Shown only here: store it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+}
+
+/// An organizer webhook URL: http(s), a host, at most 2000 characters, nothing unprintable.
+fn webhook_url(raw: &str) -> Result<String, ApiError> {
+    let url = raw.trim();
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .filter(|rest| !rest.is_empty() && !rest.starts_with('/'));
+    if rest.is_none() || url.len() > 2000 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ApiError::bad_request(
+            "invalid_webhook_url",
+            "`webhook_url` must be an http(s) URL of at most 2000 characters.",
+        ));
+    }
+    Ok(url.to_owned())
+}
+
+/// A new webhook secret: 256 random bits.
+fn webhook_secret() -> String {
+    use rand::RngExt as _;
+    let bytes: [u8; 32] = rand::rng().random();
+    format!("whsec_{}", crate::idempotency::hex(&bytes))
 }
 
 /// Creates an event owned by the caller.
 #[utoipa::path(post, path = "/api/v1/admin/events", tag = "admin", security(("bearer" = [])),
     request_body = CreateEventRequest,
-    responses((status = 201, body = EventResponse), (status = 400, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 201, body = CreatedEventResponse), (status = 400, body = Problem), (status = 403, body = Problem)))]
 pub async fn create_event(
     State(state): State<AppState>,
     organizer: Organizer,
     ApiJson(body): ApiJson<CreateEventRequest>,
-) -> Result<(StatusCode, Json<EventResponse>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedEventResponse>), ApiError> {
+    let webhook = body
+        .webhook_url
+        .as_deref()
+        .map(webhook_url)
+        .transpose()?
+        .map(|url| events::EventWebhook {
+            url,
+            secret: webhook_secret(),
+        });
     let row = events::EventRow {
         event_id: EventId::new(),
         title: domain::text("title", &body.title, 1, 200)?,
@@ -216,11 +266,18 @@ pub async fn create_event(
         created_by: Some(organizer.0.user_id),
         created_at: OffsetDateTime::now_utc(),
     };
-    events::insert(&state.db, &row).await?;
+    events::insert(&state.db, &row, webhook.as_ref()).await?;
     let created = events::find(&state.db, row.event_id)
         .await?
         .ok_or(ApiError::NotFound("event"))?;
-    Ok((StatusCode::CREATED, Json(created.into())))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedEventResponse {
+            event: created.into(),
+            webhook_url: webhook.as_ref().map(|webhook| webhook.url.clone()),
+            webhook_secret: webhook.map(|webhook| webhook.secret),
+        }),
+    ))
 }
 
 /// Waiting-room settings of a new show.

@@ -23,7 +23,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use common::{
-    contracts::{Envelope, HoldSeats, RejectionCode, ReleaseHold, SeatSelection},
+    contracts::{CancelBooking, Envelope, HoldSeats, RejectionCode, ReleaseHold, SeatSelection},
     ids::{BookingId, CommandId, SeatId, ShowId, UserId},
     mq::PublishError,
 };
@@ -37,14 +37,14 @@ use crate::{
     app::AppState,
     auth::{admission::Admitted, extract::AuthUser},
     error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem},
+    idempotency::{self, Claim, REMEMBER_SECONDS, redis_unavailable},
     results::{HoldOutcome, Results},
-    store::{bookings, shows},
+    routes::payments::PaymentResponse,
+    store::{bookings, payments, shows},
 };
 
 /// The longest `?wait=` (API.md).
 const MAX_WAIT_SECONDS: u64 = 10;
-/// How long a hold request id and an idempotency key are remembered for lookups.
-const REMEMBER_SECONDS: u64 = 24 * 3600;
 /// How long a show's terms are trusted from memory.
 const TERMS_TTL: Duration = Duration::from_secs(10);
 
@@ -72,13 +72,18 @@ impl HoldsContext {
         format!("{}hr:{command}", self.prefix)
     }
 
-    fn idempotency_key(&self, user: UserId, key: &str) -> String {
-        let digest = hex(&Sha256::digest(key.as_bytes())[..16]);
-        format!("{}idem:{user}:{digest}", self.prefix)
+    /// A connection to the Redis that keeps request bookkeeping.
+    pub fn redis(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    /// The prefix of this instance's Redis keys.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The show's per-user limit (from a 10-second cache).
-    async fn max_per_user(&self, state: &AppState, show: ShowId) -> Result<i32, ApiError> {
+    pub async fn max_per_user(&self, state: &AppState, show: ShowId) -> Result<i32, ApiError> {
         if let Some((at, max)) = self.lock_terms().get(&show).copied()
             && at.elapsed() < TERMS_TTL
         {
@@ -96,23 +101,11 @@ impl HoldsContext {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn redis_unavailable(err: redis::RedisError) -> ApiError {
-    tracing::warn!(error = %err, "redis unavailable for hold bookkeeping");
-    ApiError::Unavailable {
-        code: "redis_unavailable",
-        detail: "The service is temporarily unavailable; retry shortly.".to_owned(),
-    }
-}
-
 fn broker_unavailable(err: PublishError) -> ApiError {
     tracing::warn!(error = %err, "hold request not confirmed by the broker");
     ApiError::Unavailable {
         code: "broker_unavailable",
-        detail: "The request could not be queued; nothing was held. Retry shortly.".to_owned(),
+        detail: "The request could not be queued; nothing changed. Retry shortly.".to_owned(),
     }
 }
 
@@ -265,25 +258,6 @@ fn command_id(user: UserId, show: ShowId, key: Option<&str>) -> CommandId {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(value) => {
-            let key = value
-                .to_str()
-                .ok()
-                .filter(|key| !key.is_empty() && key.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_idempotency_key",
-                        "`Idempotency-Key` must be 1 to 255 visible ASCII characters.",
-                    )
-                })?;
-            Ok(Some(key))
-        }
-    }
-}
-
 /// Asks the show's writer to hold seats.
 #[utoipa::path(post, path = "/api/v1/shows/{show_id}/holds", tag = "holds", security(("bearer" = [])),
     params(("show_id" = String, Path, format = Uuid), WaitQuery,
@@ -320,33 +294,14 @@ pub async fn create_hold(
             ));
         }
     }
-    let key = idempotency_key(&headers)?;
+    let key = idempotency::key(&headers)?;
     let command = command_id(user, show, key);
     let mut redis = holds.redis.clone();
     let mut repeated = false;
     if let Some(key) = key {
-        let fingerprint = hex(&Sha256::digest(serde_json::to_vec(&body).unwrap_or_default()));
-        let slot = holds.idempotency_key(user, key);
-        let first: bool = redis::cmd("SET")
-            .arg(&slot)
-            .arg(&fingerprint)
-            .arg("NX")
-            .arg("EX")
-            .arg(REMEMBER_SECONDS)
-            .query_async::<Option<String>>(&mut redis)
-            .await
-            .map_err(redis_unavailable)?
-            .is_some();
-        if !first {
-            repeated = true;
-            let stored: Option<String> = redis.get(&slot).await.map_err(redis_unavailable)?;
-            if stored.as_deref() != Some(fingerprint.as_str()) {
-                return Err(ApiError::unprocessable(
-                    "idempotency_key_reused",
-                    "This Idempotency-Key was used with a different request.",
-                ));
-            }
-        }
+        let slot = idempotency::slot(&holds.prefix, "hold", user, key);
+        let fingerprint = idempotency::fingerprint(&(show, &body));
+        repeated = idempotency::claim(&mut redis, &slot, &fingerprint).await? == Claim::Repeat;
     }
     // Remember who asked, so `GET /hold-requests/{id}` can say `queued` to its owner only.
     redis
@@ -564,8 +519,8 @@ pub struct BookingResponse {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: OffsetDateTime,
-    /// The payment, once one is started (the next stage of the flow).
-    pub payment: Option<serde_json::Value>,
+    /// The latest payment attempt, once one is started.
+    pub payment: Option<PaymentResponse>,
 }
 
 /// One of the caller's bookings.
@@ -581,6 +536,7 @@ pub async fn get_booking(
         .await?
         .ok_or(ApiError::NotFound("booking"))?;
     let seats = bookings::seats(&state.db, booking).await?;
+    let payment = payments::latest_for_booking(&state.db, booking).await?;
     Ok(Json(BookingResponse {
         booking_id: found.booking_id,
         show_id: found.show_id,
@@ -591,7 +547,7 @@ pub async fn get_booking(
         total_cents: found.total_cents,
         currency: found.currency,
         expires_at: found.expires_at,
-        payment: None,
+        payment: payment.map(Into::into),
     }))
 }
 
@@ -650,4 +606,110 @@ pub async fn release_booking(
             status: "queued",
         }),
     ))
+}
+
+/// Cancels a confirmed booking before the show's cut-off; the show's writer re-checks it in
+/// queue order, frees the seats and voids the tickets, and the payment-worker refunds the
+/// payment (the booking then reads `refunded`). With an `Idempotency-Key` the command id is
+/// derived from it, so a retry is the same cancellation.
+#[utoipa::path(post, path = "/api/v1/bookings/{booking_id}/cancel", tag = "holds", security(("bearer" = [])),
+    params(("booking_id" = String, Path, format = Uuid),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeats return the first result")),
+    responses((status = 202, body = Queued), (status = 404, body = Problem),
+        (status = 409, description = "not_cancellable: not confirmed, or past the show's cut-off", body = Problem),
+        (status = 422, description = "idempotency_key_reused", body = Problem),
+        (status = 503, body = Problem)))]
+pub async fn cancel_booking(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(booking): ApiPath<BookingId>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    let terms = bookings::cancel_terms(&state.db, booking, user.user_id)
+        .await?
+        .ok_or(ApiError::NotFound("booking"))?;
+    let key = idempotency::key(&headers)?;
+    let command = match key {
+        Some(key) => CommandId(idempotency::derive_uuid(
+            "floodgate-cancel",
+            &[
+                user.user_id.as_uuid().as_bytes(),
+                booking.as_uuid().as_bytes(),
+                key.as_bytes(),
+            ],
+        )),
+        None => CommandId::new(),
+    };
+    let accepted = (
+        StatusCode::ACCEPTED,
+        Json(Queued {
+            request_id: command,
+            status: "queued",
+        }),
+    );
+    if let Some(key) = key {
+        let slot = idempotency::slot(&state.holds.prefix, "cancel", user.user_id, key);
+        let mut redis = state.holds.redis();
+        let claim = idempotency::claim(&mut redis, &slot, &idempotency::fingerprint(&booking)).await?;
+        // A repeat of a cancellation that took effect (or was answered) gets the first answer.
+        if claim == Claim::Repeat
+            && (matches!(terms.status.as_str(), "cancelled" | "refunded")
+                || payments::command_result(&state.db, command).await?.is_some())
+        {
+            return Ok(accepted);
+        }
+    }
+    cancellable(&terms.status, terms.cancellable_until, OffsetDateTime::now_utc())?;
+    let envelope = Envelope::new(
+        Some(terms.show_id),
+        CancelBooking {
+            command_id: command,
+            user_id: user.user_id,
+            booking_id: booking,
+        },
+    );
+    let publisher = state.broker.publisher().map_err(|err| broker_unavailable(err.into()))?;
+    publisher
+        .publish(
+            &state.broker.topology().shows_exchange(),
+            &terms.show_id.to_string(),
+            &envelope,
+        )
+        .await
+        .map_err(broker_unavailable)?;
+    tracing::info!(%booking, "cancellation queued");
+    Ok(accepted)
+}
+
+/// Whether a booking in `status` may be cancelled at `now`.
+fn cancellable(status: &str, until: OffsetDateTime, now: OffsetDateTime) -> Result<(), ApiError> {
+    if status != "confirmed" {
+        return Err(ApiError::conflict(
+            "not_cancellable",
+            format!("The booking is {status}; only a confirmed booking can be cancelled."),
+        ));
+    }
+    if now >= until {
+        return Err(ApiError::conflict(
+            "not_cancellable",
+            "The show's cancellation cut-off has passed.",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_confirmed_booking_before_the_cut_off_is_cancellable() {
+        let now = OffsetDateTime::now_utc();
+        let later = now + time::Duration::hours(1);
+        assert!(cancellable("confirmed", later, now).is_ok());
+        assert!(cancellable("confirmed", now, now).is_err());
+        for status in ["held", "payment_pending", "cancelled", "refunded", "expired"] {
+            assert_eq!(cancellable(status, later, now).unwrap_err().code(), "not_cancellable");
+        }
+    }
 }

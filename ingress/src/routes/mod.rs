@@ -6,7 +6,11 @@ pub mod admin;
 pub mod catalog;
 pub mod holds;
 mod pagination;
+pub mod payments;
+pub mod promo_codes;
 pub mod queue;
+pub mod tickets;
+pub mod waitlist;
 
 use utoipa::{
     Modify, OpenApi,
@@ -30,6 +34,8 @@ use crate::app::AppState;
         (name = "admin", description = "Organizer and admin calls"),
         (name = "waiting room", description = "Queue places, live positions, admission"),
         (name = "holds", description = "Hold requests and bookings of admitted fans"),
+        (name = "payments", description = "Paying bookings, payment status, gateway webhooks"),
+        (name = "tickets", description = "Tickets, their QR codes, check-in at the door"),
     )
 )]
 struct ApiDoc;
@@ -73,9 +79,18 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::update_waiting_room))
         .routes(routes!(admin::show_stats))
         .routes(routes!(admin::set_user_role))
+        .routes(routes!(promo_codes::create_promo_code))
         .routes(routes!(queue::join, queue::status, queue::leave))
         .routes(routes!(queue::websocket))
         .routes(routes!(holds::create_hold))
         .routes(routes!(holds::hold_request))
         .routes(routes!(holds::get_booking, holds::release_booking))
+        .routes(routes!(holds::cancel_booking))
+        .routes(routes!(waitlist::join_waitlist))
+        .routes(routes!(payments::start_payment))
+        .routes(routes!(payments::get_payment))
+        .routes(routes!(payments::webhook))
+        .routes(routes!(tickets::booking_tickets))
+        .routes(routes!(tickets::ticket_qr))
+        .routes(routes!(tickets::check_in))
 }

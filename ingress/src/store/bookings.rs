@@ -139,3 +139,32 @@ pub async fn seats(db: impl PgExecutor<'_>, booking: BookingId) -> Result<Vec<Bo
     .fetch_all(db)
     .await
 }
+
+/// What decides whether a booking may be cancelled.
+#[derive(Debug, Clone, FromRow)]
+pub struct CancelTermsRow {
+    /// Show.
+    pub show_id: ShowId,
+    /// Status.
+    pub status: String,
+    /// The show's start minus its cancellation cut-off.
+    pub cancellable_until: OffsetDateTime,
+}
+
+/// The caller's booking with its show's cancellation deadline (another user's is `None`).
+#[tracing::instrument(skip(db))]
+pub async fn cancel_terms(
+    db: impl PgExecutor<'_>,
+    booking: BookingId,
+    user: UserId,
+) -> Result<Option<CancelTermsRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT b.show_id, b.status, s.starts_at - s.cancel_cutoff_seconds * interval '1 second' AS cancellable_until
+         FROM booking b JOIN show s ON s.show_id = b.show_id
+         WHERE b.booking_id = $1 AND b.app_user_id = $2",
+    )
+    .bind(booking)
+    .bind(user)
+    .fetch_optional(db)
+    .await
+}

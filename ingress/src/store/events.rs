@@ -53,12 +53,25 @@ pub struct EventFilter {
     pub limit: i64,
 }
 
-/// Inserts an event.
+/// Where the notifier sends an event's booking facts, and the secret it signs them with.
+#[derive(Debug, Clone)]
+pub struct EventWebhook {
+    /// An http(s) URL.
+    pub url: String,
+    /// The HMAC key (stored as is: the notifier must sign with it).
+    pub secret: String,
+}
+
+/// Inserts an event, with its organizer webhook when it has one.
 #[tracing::instrument(skip_all, fields(event_id = %row.event_id))]
-pub async fn insert(db: impl PgExecutor<'_>, row: &EventRow) -> Result<(), sqlx::Error> {
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    row: &EventRow,
+    webhook: Option<&EventWebhook>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO event (event_id, title, category, description, city, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO event (event_id, title, category, description, city, created_by, webhook_url, webhook_secret)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(row.event_id)
     .bind(&row.title)
@@ -66,6 +79,8 @@ pub async fn insert(db: impl PgExecutor<'_>, row: &EventRow) -> Result<(), sqlx:
     .bind(&row.description)
     .bind(&row.city)
     .bind(row.created_by)
+    .bind(webhook.map(|webhook| webhook.url.as_str()))
+    .bind(webhook.map(|webhook| webhook.secret.as_str()))
     .execute(db)
     .await
     .map(|_| ())

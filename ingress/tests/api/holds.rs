@@ -13,15 +13,15 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::{TestApp, assert_problem, connect, next_json};
 
 /// An ingress, a booking-worker, and an on-sale show of `rows` × `per_row` seats.
-struct Sale {
-    app: TestApp,
-    show: ShowId,
-    seats: Vec<SeatId>,
-    worker: CancellationToken,
+pub(crate) struct Sale {
+    pub(crate) app: TestApp,
+    pub(crate) show: ShowId,
+    pub(crate) seats: Vec<SeatId>,
+    pub(crate) worker: CancellationToken,
 }
 
 impl Sale {
-    async fn start(rows: usize, per_row: usize) -> Self {
+    pub(crate) async fn start(rows: usize, per_row: usize) -> Self {
         let app = TestApp::spawn().await;
         let organizer = app.organizer_token().await;
         let venue = app.small_venue(&organizer, rows, per_row).await;
@@ -64,7 +64,7 @@ impl Sale {
     }
 
     /// `count` fans with an access token and an admission token each.
-    async fn fans(&self, count: usize) -> Vec<(String, String)> {
+    pub(crate) async fn fans(&self, count: usize) -> Vec<(String, String)> {
         let users: Vec<UserId> = (0..count).map(|_| UserId::new()).collect();
         let emails: Vec<String> = users.iter().map(|user| format!("{user}@example.test")).collect();
         sqlx::query(
@@ -93,7 +93,13 @@ impl Sale {
             .collect()
     }
 
-    async fn hold(&self, fan: &(String, String), body: Value, key: Option<&str>, wait: u64) -> reqwest::Response {
+    pub(crate) async fn hold(
+        &self,
+        fan: &(String, String),
+        body: Value,
+        key: Option<&str>,
+        wait: u64,
+    ) -> reqwest::Response {
         let mut request = self
             .app
             .request(Method::POST, &format!("/api/v1/shows/{}/holds?wait={wait}", self.show))

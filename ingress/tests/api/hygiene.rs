@@ -94,6 +94,31 @@ async fn malformed_json_wrong_types_unknown_fields_and_huge_bodies_are_4xx_probl
             Some(admin.clone()),
             json!({"role": "organizer"}),
         ),
+        (
+            Method::POST,
+            "/api/v1/admin/promo-codes".into(),
+            Some(organizer.clone()),
+            json!({"code": "HYGIENE", "show_id": show_id, "percent_off": 10, "max_uses": 5,
+                   "valid_until": "2031-01-01T00:00:00Z"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/checkin".into(),
+            Some(organizer.clone()),
+            json!({"code": "abc"}),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/shows/{show_id}/waitlist"),
+            Some(organizer.clone()),
+            json!({"quantity": 1}),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/bookings/{}/payments", uuid::Uuid::now_v7()),
+            Some(organizer.clone()),
+            json!({"payment_method": "card", "card_token": "tok_visa"}),
+        ),
     ];
 
     let before = app.row_counts().await;

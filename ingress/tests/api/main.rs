@@ -6,6 +6,8 @@ mod catalog;
 mod helpers;
 mod holds;
 mod hygiene;
+mod journey;
 mod openapi;
 mod operations;
+mod payments;
 mod queue;

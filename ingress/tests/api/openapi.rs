@@ -36,6 +36,15 @@ const EXPECTED: &[(&str, &str)] = &[
     ("get", "/api/v1/hold-requests/{request_id}"),
     ("get", "/api/v1/bookings/{booking_id}"),
     ("delete", "/api/v1/bookings/{booking_id}"),
+    ("post", "/api/v1/bookings/{booking_id}/cancel"),
+    ("post", "/api/v1/bookings/{booking_id}/payments"),
+    ("get", "/api/v1/bookings/{booking_id}/tickets"),
+    ("get", "/api/v1/payments/{payment_id}"),
+    ("post", "/api/v1/payments/webhook"),
+    ("get", "/api/v1/tickets/{ticket_id}/qr.svg"),
+    ("post", "/api/v1/checkin"),
+    ("post", "/api/v1/admin/promo-codes"),
+    ("post", "/api/v1/shows/{show_id}/waitlist"),
 ];
 
 #[tokio::test]

@@ -289,3 +289,143 @@ async fn a_fan_joins_is_admitted_holds_pays_gets_tickets_checks_in_once_and_rece
         1
     );
 }
+
+/// Polls `GET path` as `token` until `done` holds for the body; returns it.
+async fn poll(app: &crate::helpers::TestApp, path: &str, token: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut body = Value::Null;
+    for _ in 0..300 {
+        body = json_of(app.send(Method::GET, path, Some(token), None).await, StatusCode::OK).await;
+        if done(&body) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never reached the expected state: {body}");
+}
+
+#[tokio::test]
+async fn a_cancellation_on_a_sold_out_show_refunds_and_offers_the_seat_to_the_first_waitlisted_fan_by_email() {
+    let sale = Sale::start(1, 2).await;
+    let backend = Backend::start(&sale).await;
+    let app = &sale.app;
+    let fans = sale.fans(3).await;
+    let (buyer, first, second) = (&fans[0], &fans[1], &fans[2]);
+
+    // The buyer takes the whole (two-seat) show and pays.
+    let held = json_of(
+        sale.hold(buyer, json!({"best_available": {"quantity": 2}}), Some("buy"), 10)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let booking = held["booking_id"].as_str().unwrap().to_owned();
+    let paid = app
+        .request(Method::POST, &format!("/api/v1/bookings/{booking}/payments"))
+        .bearer_auth(&buyer.0)
+        .header("idempotency-key", "pay")
+        .json(&json!({"payment_method": "card", "card_token": "tok_visa"}))
+        .send()
+        .await
+        .unwrap();
+    json_of(paid, StatusCode::ACCEPTED).await;
+    let path = format!("/api/v1/bookings/{booking}");
+    poll(app, &path, &buyer.0, |b| b["status"] == "confirmed").await;
+
+    // Sold out: two fans join the waitlist, in this order; the first wants both seats.
+    let waitlist = format!("/api/v1/shows/{}/waitlist", sale.show);
+    for (fan, quantity) in [(first, 2), (second, 1)] {
+        let joined = app
+            .send(
+                Method::POST,
+                &waitlist,
+                Some(&fan.0),
+                Some(json!({"quantity": quantity})),
+            )
+            .await;
+        assert_eq!(json_of(joined, StatusCode::CREATED).await["status"], "waiting");
+    }
+
+    // The buyer cancels: refunded, and the first fan in line is offered both seats.
+    let cancelled = app
+        .request(Method::POST, &format!("/api/v1/bookings/{booking}/cancel"))
+        .bearer_auth(&buyer.0)
+        .send()
+        .await
+        .unwrap();
+    json_of(cancelled, StatusCode::ACCEPTED).await;
+    poll(app, &path, &buyer.0, |b| b["status"] == "refunded").await;
+    let offers = poll(app, "/api/v1/me/bookings", &first.0, |page| {
+        page["items"].as_array().is_some_and(|items| !items.is_empty())
+    })
+    .await;
+    assert_eq!(offers["items"][0]["status"], "held", "{offers}");
+    assert_eq!(offers["items"][0]["seat_count"], 2, "{offers}");
+    let others = json_of(
+        app.send(Method::GET, "/api/v1/me/bookings", Some(&second.0), None)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert!(
+        others["items"].as_array().unwrap().is_empty(),
+        "the second in line waits"
+    );
+
+    // The offer reaches the first fan's inbox.
+    let me = json_of(
+        app.send(Method::GET, "/api/v1/me", Some(&first.0), None).await,
+        StatusCode::OK,
+    )
+    .await;
+    let email = me["email"].as_str().unwrap().to_owned();
+    let mut offered = false;
+    for _ in 0..300 {
+        offered = backend
+            .mails()
+            .iter()
+            .any(|mail| mail.contains("seats came back") && mail.contains(&email));
+        if offered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(offered, "the waitlist offer is e-mailed to the first fan in line");
+}
+
+#[tokio::test]
+async fn a_declined_card_leaves_the_booking_held_and_another_card_pays_it() {
+    let sale = Sale::start(1, 4).await;
+    let _backend = Backend::start(&sale).await;
+    let app = &sale.app;
+    let fan = &sale.fans(1).await[0];
+    let held = json_of(
+        sale.hold(fan, json!({"seat_ids": [sale.seats[0]]}), Some("hold"), 10)
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let booking = held["booking_id"].as_str().unwrap().to_owned();
+    let pay = |key: &'static str, card: &'static str| {
+        app.request(Method::POST, &format!("/api/v1/bookings/{booking}/payments"))
+            .bearer_auth(&fan.0)
+            .header("idempotency-key", key)
+            .json(&json!({"payment_method": "card", "card_token": card}))
+            .send()
+    };
+    let declined = json_of(pay("first", "tok_chargeDeclined").await.unwrap(), StatusCode::ACCEPTED).await;
+    let declined = declined["payment_id"].as_str().unwrap().to_owned();
+    let failed = poll(app, &format!("/api/v1/payments/{declined}"), &fan.0, |p| {
+        p["status"] == "failed"
+    })
+    .await;
+    assert_eq!(failed["failure_code"], "card_declined", "{failed}");
+    let path = format!("/api/v1/bookings/{booking}");
+    poll(app, &path, &fan.0, |b| b["status"] == "held").await;
+
+    let accepted = json_of(pay("second", "tok_visa").await.unwrap(), StatusCode::ACCEPTED).await;
+    assert_ne!(accepted["payment_id"].as_str().unwrap(), declined);
+    poll(app, &path, &fan.0, |b| b["status"] == "confirmed").await;
+    // Paying again, with yet another key, is refused: the booking is paid.
+    let again = pay("third", "tok_visa").await.unwrap();
+    assert_problem(again, StatusCode::CONFLICT, "already_paid").await;
+}

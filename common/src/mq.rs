@@ -29,6 +29,9 @@ use crate::{
 /// out a few worker crashes, few enough that a poison message cannot block a show for long.
 pub const SHOW_QUEUE_DELIVERY_LIMIT: i64 = 10;
 
+/// The most notifier retry queues a test topology is cleaned of (one per retry attempt).
+const NOTIFIER_RETRY_QUEUES_AT_MOST: u32 = 16;
+
 /// Routing key of the `payments` queue's binding on the `payments` exchange.
 pub const PAYMENTS_ROUTING_KEY: &str = "payments";
 
@@ -206,10 +209,13 @@ impl Topology {
     /// Deletes everything this topology declared, including the queues of `shows`. Meant for
     /// tests cleaning up their prefix; production topology is never deleted.
     pub async fn delete(&self, channel: &Channel, shows: &[ShowId]) -> Result<(), lapin::Error> {
+        // The notifier's queues too, when a test ran a notifier under this prefix (deleting a
+        // queue that was never declared is not an error).
         let queues = shows
             .iter()
             .map(|show| self.show_queue(*show))
-            .chain([self.payments_queue(), self.dead_letter_queue()]);
+            .chain([self.payments_queue(), self.dead_letter_queue(), self.notifier_queue()])
+            .chain((1..=NOTIFIER_RETRY_QUEUES_AT_MOST).map(|attempt| self.notifier_retry_queue(attempt)));
         for queue in queues {
             channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())

@@ -364,15 +364,18 @@ pub async fn write_batch(
         .await?;
     // The fence: an UPDATE of the show row conditioned on the epoch both takes the row lock
     // (as SELECT ... FOR UPDATE would, serialising with a takeover's bump) and records the new
-    // inventory version in one round trip. Zero rows: someone else is the writer.
-    let fenced = sqlx::query("UPDATE show SET inventory_version = $3 WHERE show_id = $1 AND writer_epoch = $2")
-        .bind(show)
-        .bind(epoch)
-        .bind(i64::try_from(version).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        == 0;
+    // inventory version and sold count (the state after this batch) in one round trip. Zero
+    // rows: someone else is the writer.
+    let fenced =
+        sqlx::query("UPDATE show SET inventory_version = $3, sold_count = $4 WHERE show_id = $1 AND writer_epoch = $2")
+            .bind(show)
+            .bind(epoch)
+            .bind(i64::try_from(version).unwrap_or(i64::MAX))
+            .bind(i32::try_from(state.counts().sold).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 0;
     if fenced {
         tx.rollback().await?;
         return Err(Fenced(epoch).into());

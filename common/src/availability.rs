@@ -178,7 +178,9 @@ pub async fn read(redis: &mut ConnectionManager, keys: &Keys) -> redis::RedisRes
 
 /// Reads only the counts (the admission controller's "seats still sellable").
 pub async fn counts(redis: &mut ConnectionManager, keys: &Keys) -> redis::RedisResult<Option<SeatCounts>> {
-    let values: Vec<Option<u32>> = redis::cmd("HMGET")
+    // The version is `(epoch << 32) | batch`: past u32 from the first writer on, so every field
+    // is read as u64 and the counts narrowed after.
+    let values: Vec<Option<u64>> = redis::cmd("HMGET")
         .arg(&keys.meta)
         .arg(&["version", "available", "held", "sold", "blocked"])
         .query_async(redis)
@@ -186,11 +188,12 @@ pub async fn counts(redis: &mut ConnectionManager, keys: &Keys) -> redis::RedisR
     let [Some(_version), available, held, sold, blocked] = values.as_slice() else {
         return Ok(None);
     };
+    let count = |n: &Option<u64>| n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
     Ok(Some(SeatCounts {
-        available: available.unwrap_or(0),
-        held: held.unwrap_or(0),
-        sold: sold.unwrap_or(0),
-        blocked: blocked.unwrap_or(0),
+        available: count(available),
+        held: count(held),
+        sold: count(sold),
+        blocked: count(blocked),
     }))
 }
 

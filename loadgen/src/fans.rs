@@ -16,7 +16,7 @@ use indicatif::ProgressBar;
 use uuid::Uuid;
 
 /// The password of every load-test fan.
-const PASSWORD: &str = "loadgen fan password";
+pub(crate) const PASSWORD: &str = "loadgen fan password";
 
 /// A logged-in fan.
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ pub struct Fan {
     pub access_token: String,
 }
 
-fn email(n: usize) -> String {
+pub(crate) fn email(n: usize) -> String {
     format!("loadgen-fan-{n}@loadgen.invalid")
 }
 

@@ -155,7 +155,7 @@ pub fn database_url(flag: Option<String>) -> String {
 
 /// A row of the generated venue.
 #[derive(Debug, Serialize)]
-struct RowSpec {
+pub(crate) struct RowSpec {
     label: String,
     seats: usize,
     tier: &'static str,
@@ -163,7 +163,7 @@ struct RowSpec {
 
 /// A section of the generated venue.
 #[derive(Debug, Serialize)]
-struct SectionSpec {
+pub(crate) struct SectionSpec {
     name: String,
     rows: Vec<RowSpec>,
 }
@@ -178,7 +178,7 @@ const TIER_PRICES: [(&str, i64); 3] = [("floor", 12_000), ("lower", 8_000), ("up
 /// a section, 200 sections) and its 64 KiB body limit: rows of 100 seats (wider for very large
 /// venues), 25 rows a section; the front fifth of the sections is `floor`, the next two fifths
 /// `lower`, the rest `upper`.
-fn venue_layout(seats: usize) -> Vec<SectionSpec> {
+pub(crate) fn venue_layout(seats: usize) -> Vec<SectionSpec> {
     let row_width = seats.div_ceil(1000).max(100);
     let rows = seats.div_ceil(row_width);
     let sections = rows.div_ceil(ROWS_PER_SECTION);
@@ -209,15 +209,30 @@ fn venue_layout(seats: usize) -> Vec<SectionSpec> {
         .collect()
 }
 
+/// The price of every tier a layout uses.
+fn tier_prices(layout: &[SectionSpec]) -> BTreeMap<&'static str, i64> {
+    let tiers: std::collections::BTreeSet<&str> = layout.iter().flat_map(|s| &s.rows).map(|r| r.tier).collect();
+    TIER_PRICES
+        .iter()
+        .filter(|(tier, _)| tiers.contains(tier))
+        .copied()
+        .collect()
+}
+
 /// An admin's authenticated calls.
-struct AdminApi {
+pub(crate) struct AdminApi {
     client: reqwest::Client,
     api: String,
     token: String,
 }
 
 impl AdminApi {
-    async fn login(client: &reqwest::Client, api: &str, email: &str, password: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn login(
+        client: &reqwest::Client,
+        api: &str,
+        email: &str,
+        password: &str,
+    ) -> anyhow::Result<Self> {
         let (status, body) = send(client.post(format!("{api}/api/v1/auth/login")).json(&json!({
             "email": email, "password": password,
         })))
@@ -232,7 +247,22 @@ impl AdminApi {
         })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: &Value, expect: u16) -> anyhow::Result<Value> {
+    /// Calls made with a token the caller already has.
+    pub(crate) fn with_token(client: &reqwest::Client, api: &str, token: &str) -> Self {
+        Self {
+            client: client.clone(),
+            api: api.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+        expect: u16,
+    ) -> anyhow::Result<Value> {
         let (status, answer) = send(
             self.client
                 .request(method.clone(), format!("{}{path}", self.api))
@@ -247,27 +277,32 @@ impl AdminApi {
     }
 }
 
-async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
     let response = request.send().await?;
     let status = response.status().as_u16();
     let bytes = response.bytes().await?;
     Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
 }
 
-fn rfc3339(at: OffsetDateTime) -> anyhow::Result<String> {
+pub(crate) fn rfc3339(at: OffsetDateTime) -> anyhow::Result<String> {
     Ok(at.format(&Rfc3339)?)
 }
 
-/// Creates a venue, an event and a show that is on sale now, with a wide-open waiting room.
-async fn create_show(admin: &AdminApi, seats: usize, max_tickets: u32) -> anyhow::Result<ShowId> {
-    let tag = Uuid::now_v7().simple().to_string();
+/// A generated venue of `seats` seats and an event, created through the admin API for a
+/// benchmark run (`what` names them); returns their ids and the prices of the venue's tiers.
+pub(crate) async fn venue_and_event(
+    admin: &AdminApi,
+    seats: usize,
+    what: &str,
+) -> anyhow::Result<(Value, Value, BTreeMap<&'static str, i64>)> {
+    let tag = &Uuid::now_v7().simple().to_string()[..12];
     let layout = venue_layout(seats);
     let venue = admin
         .call(
             reqwest::Method::POST,
             "/api/v1/admin/venues",
             &json!({
-                "name": format!("Loadgen Arena {}", &tag[..12]),
+                "name": format!("Loadgen Arena {tag}"),
                 "city": "Loadgen", "address": "1 Benchmark Way", "timezone": "UTC",
                 "sections": layout,
             }),
@@ -279,19 +314,23 @@ async fn create_show(admin: &AdminApi, seats: usize, max_tickets: u32) -> anyhow
             reqwest::Method::POST,
             "/api/v1/admin/events",
             &json!({
-                "title": format!("Loadgen hold benchmark {}", &tag[..12]),
+                "title": format!("Loadgen {what} {tag}"),
                 "category": "benchmark", "city": "Loadgen",
-                "description": "Created by loadgen holds.",
+                "description": format!("Created by loadgen {what}."),
             }),
             201,
         )
         .await?;
-    let tiers: std::collections::BTreeSet<&str> = layout.iter().flat_map(|s| &s.rows).map(|r| r.tier).collect();
-    let prices: BTreeMap<&str, i64> = TIER_PRICES
-        .iter()
-        .filter(|(tier, _)| tiers.contains(tier))
-        .copied()
-        .collect();
+    Ok((
+        venue["venue_id"].clone(),
+        event["event_id"].clone(),
+        tier_prices(&layout),
+    ))
+}
+
+/// Creates a venue, an event and a show that is on sale now, with a wide-open waiting room.
+async fn create_show(admin: &AdminApi, seats: usize, max_tickets: u32) -> anyhow::Result<ShowId> {
+    let (venue_id, event_id, prices) = venue_and_event(admin, seats, "hold benchmark").await?;
     let now = OffsetDateTime::now_utc();
     // On sale since a few seconds, so the room opens at the controller's next tick; the show
     // starts in two hours, so the waiting-room controller stops counting its seats soon after
@@ -301,7 +340,7 @@ async fn create_show(admin: &AdminApi, seats: usize, max_tickets: u32) -> anyhow
             reqwest::Method::POST,
             "/api/v1/admin/shows",
             &json!({
-                "event_id": event["event_id"], "venue_id": venue["venue_id"],
+                "event_id": event_id, "venue_id": venue_id,
                 "starts_at": rfc3339(now + time::Duration::hours(2))?,
                 "on_sale_at": rfc3339(now - time::Duration::seconds(5))?,
                 "currency": "EUR", "prices": prices,
@@ -326,10 +365,10 @@ async fn create_show(admin: &AdminApi, seats: usize, max_tickets: u32) -> anyhow
 // The request mix
 
 /// SplitMix64: a small, seedable generator, so the mix is the same from run to run.
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -338,12 +377,12 @@ impl SplitMix64 {
     }
 
     /// Uniform in `0..n` (`n` > 0; the modulo bias is irrelevant at these sizes).
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
 
     /// True with probability `p`.
-    fn chance(&mut self, p: f64) -> bool {
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
         ((self.next_u64() >> 11) as f64 / (1_u64 << 53) as f64) < p
     }
 }
@@ -395,7 +434,7 @@ struct Mix {
 }
 
 /// The seats fans fight over: each hot row's seat ids in seat-number order.
-type HotRows = Vec<Vec<Uuid>>;
+pub(crate) type HotRows = Vec<Vec<Uuid>>;
 
 /// Each fan's requests, in the order the fan makes them.
 fn plan(mix: &Mix, hot: &HotRows, tiers: &[String], fans: usize, per_fan: usize, seed: u64) -> Vec<Vec<HoldRequest>> {
@@ -422,7 +461,7 @@ fn plan(mix: &Mix, hot: &HotRows, tiers: &[String], fans: usize, per_fan: usize,
 
 /// A seat of the show's map (`GET /shows/{id}/seats`), as far as loadgen cares.
 #[derive(Debug, Clone, serde::Deserialize)]
-struct MapSeat {
+pub(crate) struct MapSeat {
     seat_id: Uuid,
     index: i64,
     section: String,
@@ -432,7 +471,7 @@ struct MapSeat {
 }
 
 /// The first `count` rows in layout order (seat indexes are dense in layout order, front first).
-fn hot_rows(seats: &[MapSeat], count: usize) -> HotRows {
+pub(crate) fn hot_rows(seats: &[MapSeat], count: usize) -> HotRows {
     let mut ordered: Vec<&MapSeat> = seats.iter().collect();
     ordered.sort_by_key(|seat| seat.index);
     let mut rows: Vec<((&str, &str), Vec<&MapSeat>)> = Vec::new();

@@ -1,22 +1,7 @@
-//! The Floodgate load generator: drives a running Floodgate the way a crowd of fans would and
-//! measures it. Run `loadgen --help` for the scenarios.
-//!
-//! - [`queue`]: `loadgen queue`, the waiting-room benchmark (joins, held WebSockets, position
-//!   latency, admission lag and order, ingress memory per connection).
-//! - [`holds`]: `loadgen holds`, the booking-pipeline benchmark (admitted fans asking for holds
-//!   on one show: holds/s, seats/s, latency, conflicts) ending in a PostgreSQL audit.
-//! - [`baseline`]: `loadgen baseline`, this machine's raw PostgreSQL and RabbitMQ ceilings, and
-//!   the pipeline's share of them.
-//! - [`fans`]: fan accounts and their access tokens.
-//! - [`report`]: latency histograms, progress bars, process memory and CPU.
-
-mod baseline;
-mod fans;
-mod holds;
-mod queue;
-mod report;
+//! The `loadgen` command line: one subcommand per scenario of the [`loadgen`] library.
 
 use clap::{Parser, Subcommand};
+use loadgen::{baseline, flash, holds, queue};
 
 /// Floodgate's load generator.
 #[derive(Parser)]
@@ -34,6 +19,9 @@ enum Command {
     Holds(holds::HoldsArgs),
     /// This machine's PostgreSQL and RabbitMQ ceilings (and a holds run's share of them).
     Baseline(baseline::BaselineArgs),
+    /// A whole on-sale rehearsed: fans arrive, queue, buy, pay and cancel; then an audit and a
+    /// report with charts. Exits non-zero when the audit finds a violation.
+    FlashSale(Box<flash::FlashArgs>),
 }
 
 #[tokio::main]
@@ -43,5 +31,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Queue(args) => queue::run(args).await,
         Command::Holds(args) => holds::run(args).await,
         Command::Baseline(args) => baseline::run(args).await,
+        Command::FlashSale(args) => {
+            let outcome = flash::run(*args).await?;
+            println!("{}", outcome.report.markdown());
+            println!("report: {}", outcome.out_dir.join("report.md").display());
+            if outcome.passed() {
+                Ok(())
+            } else {
+                anyhow::bail!("the audit found violations (see the report)")
+            }
+        }
     }
 }

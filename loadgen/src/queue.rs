@@ -77,18 +77,18 @@ const SETTLE: Duration = Duration::from_secs(10);
 
 /// Serving numbers as loadgen saw them published.
 #[derive(Default)]
-struct Served {
+pub struct Served {
     /// serving number -> when loadgen first saw it.
-    seen: BTreeMap<u64, Instant>,
+    pub seen: BTreeMap<u64, Instant>,
 }
 
 impl Served {
     /// When the admitter first reached `number`.
-    fn reached(&self, number: u64) -> Option<Instant> {
+    pub fn reached(&self, number: u64) -> Option<Instant> {
         self.seen.range(number..).next().map(|(_, at)| *at)
     }
 
-    fn highest(&self) -> u64 {
+    pub fn highest(&self) -> u64 {
         self.seen.keys().next_back().copied().unwrap_or(0)
     }
 }
@@ -319,9 +319,9 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-async fn connect(host: SocketAddr, source: Ipv4Addr, url: &str, token: &str) -> anyhow::Result<Socket> {
+pub(crate) async fn connect(host: SocketAddr, source: Ipv4Addr, url: &str, token: &str) -> anyhow::Result<Socket> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     let stream = socket.connect(host).await?;

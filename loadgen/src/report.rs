@@ -113,6 +113,12 @@ fn parse_stat(stat: &str) -> Option<(String, f64)> {
     Some((command, (user + system) / USER_HZ))
 }
 
+/// CPU seconds (user + system) one process has used so far.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, seconds)| seconds)
+}
+
 /// CPU used between two samples, per command, as a share of one core over `seconds` (1.0 =
 /// one core busy the whole time); commands under 1% are left out.
 pub fn cpu_shares(

@@ -448,6 +448,12 @@ impl Harness {
                     .fetch_all(self.db())
                     .await
                     .unwrap();
+            // The show row's sold count is kept by the writer in the same transaction.
+            let sold_count: i32 = sqlx::query_scalar("SELECT sold_count FROM show WHERE show_id = $1")
+                .bind(show)
+                .fetch_one(self.db())
+                .await
+                .unwrap();
             if let Some(snapshot) = snapshot {
                 let statuses: Vec<u8> = rows.iter().map(|(_, s)| availability::status_byte(s)).collect();
                 let mut bitmap = vec![0_u8; rows.len().div_ceil(8)];
@@ -462,11 +468,12 @@ impl Harness {
                     && snapshot.counts.available == count("available")
                     && snapshot.counts.held == count("held")
                     && snapshot.counts.sold == count("sold")
+                    && sold_count as u32 == count("sold")
                 {
                     return;
                 }
                 last = format!(
-                    "snapshot {:?} vs database {:?}",
+                    "snapshot {:?} vs database {:?} (show.sold_count {sold_count})",
                     snapshot.counts,
                     (count("available"), count("held"))
                 );

@@ -90,15 +90,20 @@ pub fn plans(
     let tail = arrival_window.saturating_sub(prequeue).as_secs_f64().max(1.0);
     let mut plans: Vec<Plan> = (0..fans)
         .map(|n| {
-            let arrival = if unit() < before_share {
-                prequeue.as_secs_f64() * unit().sqrt()
+            // Every value is drawn for every fan, whatever the shares: changing one share
+            // changes that behaviour only, not every later fan's plan.
+            let (early, when) = (unit(), unit());
+            let arrival = if early < before_share {
+                prequeue.as_secs_f64() * when.sqrt()
             } else {
-                // Exponential with a third of the tail as mean, cut at the window's end.
-                let after = (-(1.0 - unit()).ln() * tail / 3.0).min(tail);
-                prequeue.as_secs_f64() + after
+                // Exponential with a third of the tail as mean, truncated at the window's end
+                // (inverse CDF of the truncated law: no pile-up in the last second).
+                let truncated = 1.0 - (-3.0_f64).exp();
+                prequeue.as_secs_f64() - (1.0 - when * truncated).ln() * tail / 3.0
             };
+            let [websocket, hot, size, adjacent, abandon, decline, cancel, think] = std::array::from_fn(|_| unit());
             // Most fans want two seats, few want one or many.
-            let quantity = match unit() {
+            let quantity = match size {
                 x if x < 0.15 => 1,
                 x if x < 0.60 => 2,
                 x if x < 0.75 => 3,
@@ -107,19 +112,19 @@ pub fn plans(
                 _ => 6,
             }
             .min(behaviour.max_quantity.max(1));
-            let abandon = unit() < behaviour.abandon_share;
+            let abandon = abandon < behaviour.abandon_share;
             Plan {
                 account: first_account + n,
                 arrival: Duration::from_secs_f64(arrival),
-                websocket: unit() < behaviour.websocket_share,
-                hot: unit() < behaviour.hot_share,
+                websocket: websocket < behaviour.websocket_share,
+                hot: hot < behaviour.hot_share,
                 quantity,
-                adjacent: quantity > 1 && unit() < behaviour.adjacent_share,
+                adjacent: quantity > 1 && adjacent < behaviour.adjacent_share,
                 abandon,
-                decline_first: !abandon && unit() < behaviour.decline_share,
-                cancel: !abandon && unit() < behaviour.cancel_share,
+                decline_first: !abandon && decline < behaviour.decline_share,
+                cancel: !abandon && cancel < behaviour.cancel_share,
                 // Between a quarter and twice the mean: people are not all equally quick.
-                think: Duration::from_secs_f64(behaviour.think_seconds * (0.25 + 1.75 * unit())),
+                think: Duration::from_secs_f64(behaviour.think_seconds * (0.25 + 1.75 * think)),
             }
         })
         .collect();
@@ -171,6 +176,8 @@ pub struct Crowd {
     pub sources: u8,
     /// Fans still waiting give up at this time.
     pub deadline: Instant,
+    /// Bounds the HTTP requests in flight ([`super::HTTP_IN_FLIGHT`]).
+    pub in_flight: tokio::sync::Semaphore,
 }
 
 /// What the crowd measured, beyond the per-second timeline.
@@ -241,6 +248,9 @@ impl Fan<'_> {
         if let Some(body) = body {
             request = request.json(&body);
         }
+        let Ok(_permit) = self.crowd.in_flight.acquire().await else {
+            return None;
+        };
         match send(request).await {
             Ok(answer) => Some(answer),
             Err(err) => {
@@ -348,6 +358,9 @@ async fn log_in(crowd: &Crowd, api: &Api, account: usize) -> Option<String> {
         .json(&json!({
             "email": crate::fans::email(account), "password": crate::fans::PASSWORD,
         }));
+    let Ok(_permit) = crowd.in_flight.acquire().await else {
+        return None;
+    };
     match send(request).await {
         Ok((200, body)) => {
             crowd.tally(|tally| tally.login.record(begun.elapsed()));
@@ -442,13 +455,16 @@ async fn wait_for_admission(fan: &mut Fan<'_>) -> Result<String, End> {
             (200, _) => {}
             (status, _) => crowd.error(&format!("queue status {status}")),
         }
-        let eta = body["eta_seconds"].as_f64().unwrap_or(5.0);
-        let every = if fan.socket.is_some() {
-            Duration::from_secs(15)
-        } else {
-            Duration::from_secs_f64((eta / 3.0).clamp(1.0, 10.0))
+        // Without an ETA (the pre-queue, a paused room) a client has no reason to hurry; with
+        // one it checks back at half of it. Either way well inside the room's 30 s heartbeat
+        // grace, with jitter so that fans who joined together do not poll together.
+        let every = match (fan.socket.is_some(), body["eta_seconds"].as_f64()) {
+            (true, _) => 15.0,
+            (false, Some(eta)) => (eta / 2.0).clamp(2.0, 15.0),
+            (false, None) => 10.0,
         };
-        next_poll = Instant::now() + every;
+        let jitter = (Instant::now().elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
+        next_poll = Instant::now() + Duration::from_secs_f64(every * (0.8 + 0.4 * jitter));
     }
 }
 
@@ -719,9 +735,18 @@ async fn follow(fan: &mut Fan<'_>, booking: Uuid, done: impl Fn(&Value) -> bool)
         if let Some((200, body)) = fan
             .call(reqwest::Method::GET, &format!("/bookings/{booking}"), None, &[])
             .await
-            && done(&body)
         {
-            return Some(body);
+            if done(&body) {
+                return Some(body);
+            }
+            // The hold lapsed or was let go: nothing the fan waits for can happen any more.
+            if matches!(body["status"].as_str(), Some("expired" | "released")) {
+                fan.crowd.error(&format!(
+                    "booking {} while waiting",
+                    body["status"].as_str().unwrap_or("")
+                ));
+                return None;
+            }
         }
     }
     None

@@ -215,10 +215,9 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
     validate(&args)?;
     let settings = settings(&args);
     let open_files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    // Connections are pooled and reused (no idle cap); how many requests are in flight at once
+    // is the crowd's semaphore's business.
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let admin = admin(&client, &args).await?;
     let progress = if args.quiet {
         MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
@@ -231,9 +230,10 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
     crate::fans::ensure_accounts(&settings.database_url, args.first_fan, args.fans).await?;
     seeding.finish_and_clear();
 
-    let timeline = Arc::new(Timeline::new());
     let show = create_show(&admin, &args).await?;
-    let created = Instant::now();
+    // Second 0 of every figure and chart: the pre-queue opening.
+    let timeline = Arc::new(Timeline::new());
+    let created = timeline.started();
     let on_sale = created + Duration::from_secs(args.prequeue_seconds);
     tracing::info!(show_id = %show, seats = args.seats, fans = args.fans, "show created");
     let apis = apis(&args.api, show).await?;
@@ -254,7 +254,7 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
 
     let websocket_share = args.websocket_share.unwrap_or_else(|| {
         // Each WebSocket is a file here and in ingress: keep a reserve for HTTP connections.
-        let here = open_files.saturating_sub(3_000) as f64;
+        let here = open_files.saturating_sub(HTTP_IN_FLIGHT as u64 + 500) as f64;
         let there = 18_000.0 * args.api.len() as f64;
         (here.min(there) / args.fans.max(1) as f64).min(1.0)
     });
@@ -288,6 +288,7 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
         tally: Mutex::default(),
         sources: args.sources,
         deadline,
+        in_flight: tokio::sync::Semaphore::new(HTTP_IN_FLIGHT),
     });
 
     // The sampler and, in chaos mode, the faults.
@@ -305,19 +306,22 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
         progress.add(bar(args.seats, "seats")),
     ));
     let faults: Arc<Mutex<Vec<FaultMark>>> = Arc::default();
+    let crowd_gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let chaos_task = args.chaos.then(|| {
         tokio::spawn(chaos_schedule(
             args.run_dir.clone(),
             show,
             args.seats as u64,
             Arc::clone(&taken),
+            Arc::clone(&crowd_gone),
             Arc::clone(&timeline),
             Arc::clone(&faults),
         ))
     });
+    let background = AbortOnDrop(vec![sampler, listener]);
 
     // The crowd: each fan is spawned at its arrival time.
-    let cpu_before = crate::report::cpu_seconds_by_command();
+    let cpu_before = (Instant::now(), crate::report::cpu_seconds_by_command());
     let arrived = progress.add(bar(args.fans, "arrived"));
     let done = progress.add(bar(args.fans, "done"));
     let start = timeline.started();
@@ -339,6 +343,7 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
     done.finish();
     let crowd_done = Instant::now();
     let cpu_after = crate::report::cpu_seconds_by_command();
+    crowd_gone.store(true, Ordering::Relaxed);
     if let Some(task) = chaos_task {
         // A fault still in progress (a pause) finishes before the audit.
         if let Err(err) = task.await {
@@ -390,17 +395,25 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
     let settle_until = Instant::now() + Duration::from_secs(args.settle_seconds);
     let audit = loop {
         settling.tick();
-        let mut sources = sources.clone();
-        sources.ledger = Some(audit::fetch_ledger(&ledger_client, &args.gateway_url).await?);
-        let audit = audit::run(&sources).await?;
-        if audit.passed() || Instant::now() >= settle_until {
-            break audit;
+        // A source still recovering (the gateway after chaos, say) is a reason to try again,
+        // not to lose the run.
+        let attempt = async {
+            let mut sources = sources.clone();
+            sources.ledger = Some(audit::fetch_ledger(&ledger_client, &args.gateway_url).await?);
+            audit::run(&sources).await
+        }
+        .await;
+        let settled = Instant::now() >= settle_until;
+        match attempt {
+            Ok(audit) if audit.passed() || settled => break audit,
+            Err(err) if settled => return Err(err.context("the audit could not read its sources")),
+            Err(err) => tracing::warn!(error = %err, "audit attempt failed; retrying"),
+            Ok(_) => {}
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
     settling.finish_and_clear();
-    sampler.abort();
-    listener.abort();
+    drop(background);
 
     let faults = faults.lock().expect("not poisoned").clone();
     let tally = std::mem::take(&mut *crowd.tally.lock().expect("not poisoned"));
@@ -413,14 +426,14 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
         crowd_done: timeline.offset(crowd_done),
         faults,
         audit,
-        emails: report::email_times(&settings.database_url, show)
+        confirmed_to_email: report::confirmed_to_email(&settings.database_url, show)
             .await
             .unwrap_or_default(),
         websocket_share,
         machine_cpu: crate::report::cpu_shares(
-            &cpu_before,
+            &cpu_before.1,
             &cpu_after,
-            crowd_done.saturating_duration_since(start).as_secs_f64(),
+            crowd_done.saturating_duration_since(cpu_before.0).as_secs_f64(),
         ),
     });
     report.write(&args.out_dir, &timeline)?;
@@ -575,6 +588,7 @@ async fn sample(
         Err(_) => None,
     };
     let mut redis = redis;
+    let deployment = chaos::Deployment::discover(&sources.run_dir).ok();
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -614,11 +628,11 @@ async fn sample(
         taken.store(sample.held + sample.sold, Ordering::Relaxed);
         seats_bar.set_position(sample.held + sample.sold);
         timeline.sample(sample);
-        if let Ok(deployment) = chaos::Deployment::discover(&sources.run_dir) {
-            for process in deployment.processes() {
-                if let Some(cpu) = process_cpu_seconds(process.pid) {
-                    timeline.process(&process.name, at, cpu, resident_bytes(process.pid));
-                }
+        // Pid files are read again on every call: restarted processes are followed.
+        for process in deployment.iter().flat_map(chaos::Deployment::processes) {
+            let at = timeline.offset(Instant::now());
+            if let Some(cpu) = process_cpu_seconds(process.pid) {
+                timeline.process(&process.name, process.pid, at, cpu, resident_bytes(process.pid));
             }
         }
     }
@@ -632,6 +646,7 @@ async fn chaos_schedule(
     show: ShowId,
     seats: u64,
     taken: Arc<AtomicU64>,
+    crowd_gone: Arc<std::sync::atomic::AtomicBool>,
     timeline: Arc<Timeline>,
     faults: Arc<Mutex<Vec<FaultMark>>>,
 ) {
@@ -649,6 +664,18 @@ async fn chaos_schedule(
     ];
     for (share, fault) in schedule {
         while (taken.load(Ordering::Relaxed) as f64) < share * seats as f64 {
+            if crowd_gone.load(Ordering::Relaxed) {
+                // The sale never came this far: the faults left are not caused (and the
+                // report says so), rather than waiting for seats nobody will take.
+                faults.lock().expect("not poisoned").push(FaultMark {
+                    at: timeline.offset(Instant::now()),
+                    what: format!(
+                        "SKIPPED: the sale never reached {:.0}% of the seats taken",
+                        share * 100.0
+                    ),
+                });
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let deployment = match chaos::Deployment::discover(&run_dir) {
@@ -672,7 +699,7 @@ async fn chaos_schedule(
             Ok(done) => {
                 tracing::info!(fault = %done.what, "chaos");
                 faults.lock().expect("not poisoned").push(FaultMark {
-                    at: timeline.offset(begun),
+                    at: timeline.offset(done.at),
                     what: done.what,
                 });
             }
@@ -683,6 +710,22 @@ async fn chaos_schedule(
                     what: format!("FAILED to cause a fault: {err:#}"),
                 });
             }
+        }
+    }
+}
+
+/// Requests the crowd has in flight at once, at most: each is a connection (a file here and in
+/// ingress), and a load generator that opened one per waiting fan would measure its own
+/// connection storms rather than Floodgate.
+const HTTP_IN_FLIGHT: usize = 2_048;
+
+/// Background tasks of a run, stopped however the run ends.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
         }
     }
 }

@@ -2,16 +2,14 @@
 //! with the on-sale, the sell-out and every chaos fault marked.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fmt::Write as _,
     path::{Path, PathBuf},
-    time::SystemTime,
 };
 
 use anyhow::Context as _;
 use common::ids::ShowId;
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::{
     FaultMark, FlashArgs,
@@ -37,8 +35,8 @@ pub struct Inputs<'a> {
     pub crowd_done: f64,
     pub faults: Vec<FaultMark>,
     pub audit: audit::Report,
-    /// When each booking's confirmation e-mail was sent ([`email_times`]).
-    pub emails: HashMap<Uuid, SystemTime>,
+    /// From each booking's confirmation to its e-mail being sent ([`confirmed_to_email`]).
+    pub confirmed_to_email: Vec<std::time::Duration>,
     pub websocket_share: f64,
     /// CPU by command over the run (every process on the machine), cores.
     pub machine_cpu: BTreeMap<String, f64>,
@@ -129,7 +127,7 @@ impl Report {
             crowd_done,
             faults,
             audit,
-            emails,
+            confirmed_to_email,
             websocket_share,
             machine_cpu,
         } = inputs;
@@ -172,7 +170,13 @@ impl Report {
         latency.insert("turn_to_admitted", tally.turn_to_admitted.summary());
         latency.insert("hold_request_to_result", tally.hold.summary());
         latency.insert("payment_to_confirmed", tally.payment_to_confirmed.summary());
-        latency.insert("confirmed_to_email", confirmed_to_email(&tally.confirmed, &emails));
+        latency.insert("confirmed_to_email", {
+            let mut latency = Latency::default();
+            for elapsed in &confirmed_to_email {
+                latency.record(*elapsed);
+            }
+            latency.summary()
+        });
         latency.insert("cancel_to_refunded", tally.cancel_to_refunded.summary());
 
         Self {
@@ -222,14 +226,14 @@ impl Report {
     pub fn write(&mut self, dir: &Path, timeline: &Timeline) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let charts = charts(self, &timeline.seconds(), &timeline.samples());
-        self.charts.clear();
+        self.charts = charts.iter().map(|(file, _)| (*file).to_owned()).collect();
+        // The figures first: a chart that cannot be drawn loses only itself.
+        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
+        std::fs::write(dir.join("report.md"), self.markdown())?;
         for (file, chart) in charts {
             let path: PathBuf = dir.join(file);
             chart::render_png(&chart, &path).with_context(|| format!("cannot draw {}", path.display()))?;
-            self.charts.push(file.to_owned());
         }
-        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
-        std::fs::write(dir.join("report.md"), self.markdown())?;
         Ok(())
     }
 
@@ -401,7 +405,7 @@ fn rate(seconds: &[Second], count: fn(&Second) -> u64, from: f64, to: f64) -> Ra
         .iter()
         .map(count)
         .sum();
-    let window = (to - from).max(1.0);
+    let window = (to_i.saturating_sub(from_i)).max(1) as f64;
     let per_second: Vec<u64> = seconds.iter().map(count).collect();
     let best_5s = per_second
         .windows(5.min(per_second.len()).max(1))
@@ -416,38 +420,22 @@ fn rate(seconds: &[Second], count: fn(&Second) -> u64, from: f64, to: f64) -> Ra
     }
 }
 
-/// From a fan seeing its booking confirmed to the notifier handing the confirmation e-mail to
-/// the SMTP server.
-fn confirmed_to_email(confirmed: &[(Uuid, SystemTime)], emails: &HashMap<Uuid, SystemTime>) -> Summary {
-    let mut latency = Latency::default();
-    for (booking, seen) in confirmed {
-        if let Some(sent) = emails.get(booking) {
-            latency.record(sent.duration_since(*seen).unwrap_or_default());
-        }
-    }
-    latency.summary()
-}
-
-/// When the notifier sent each confirmation e-mail of the show's bookings (its ledger).
-pub async fn email_times(database_url: &str, show: ShowId) -> anyhow::Result<HashMap<Uuid, SystemTime>> {
+/// From each confirmation (the writer's commit) to the notifier handing its e-mail to the SMTP
+/// server, both as PostgreSQL recorded them (one clock).
+pub async fn confirmed_to_email(database_url: &str, show: ShowId) -> anyhow::Result<Vec<std::time::Duration>> {
     let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(database_url).await?;
-    let rows: Vec<(Uuid, f64)> = sqlx::query_as(
-        "SELECT n.booking_id, extract(epoch FROM n.sent_at)::float8
+    let seconds: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM n.sent_at - b.confirmed_at)::float8
            FROM notification n JOIN booking b USING (booking_id)
           WHERE b.show_id = $1 AND n.kind = 'booking_confirmed' AND n.channel = 'email'
-            AND n.sent_at IS NOT NULL",
+            AND n.sent_at IS NOT NULL AND b.confirmed_at IS NOT NULL",
     )
     .bind(show)
     .fetch_all(&mut db)
     .await?;
-    Ok(rows
+    Ok(seconds
         .into_iter()
-        .map(|(booking, epoch)| {
-            (
-                booking,
-                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(epoch.max(0.0)),
-            )
-        })
+        .map(|s| std::time::Duration::from_secs_f64(s.max(0.0)))
         .collect())
 }
 

@@ -88,6 +88,7 @@ pub struct Timeline {
 
 #[derive(Debug, Default)]
 struct ProcessTrack {
+    pid: u32,
     first: Option<(f64, f64)>,
     last: Option<(f64, f64)>,
     previous: Option<(f64, f64)>,
@@ -158,22 +159,25 @@ impl Timeline {
     }
 
     /// Records a process's CPU seconds used so far and its resident memory.
-    pub fn process(&self, name: &str, at: f64, cpu_seconds: f64, rss: Option<u64>) {
+    pub fn process(&self, name: &str, pid: u32, at: f64, cpu_seconds: f64, rss: Option<u64>) {
         let mut processes = self.processes.lock().expect("not poisoned");
         let track = processes.entry(name.to_owned()).or_default();
+        let restarted = track.last.is_some() && track.pid != pid;
+        track.pid = pid;
         if let Some((then, used)) = track.last
             && at > then
-            && cpu_seconds >= used
+            && !restarted
         {
             track.cpu_max = track.cpu_max.max((cpu_seconds - used) / (at - then));
         }
-        // A restarted process starts counting again: keep what the old one used.
-        if track.last.is_some_and(|(_, used)| cpu_seconds < used) {
+        // A restarted process (another pid) counts from zero: bank what the old one used,
+        // and count the new one's start-up too.
+        if restarted {
             let (first_at, first_used) = track.first.unwrap_or((at, 0.0));
             let (_, last_used) = track.last.unwrap_or((at, 0.0));
             let (since, earlier) = track.previous.unwrap_or((first_at, 0.0));
             track.previous = Some((since, earlier + last_used - first_used));
-            track.first = Some((at, cpu_seconds));
+            track.first = Some((at, 0.0));
         }
         track.first.get_or_insert((at, cpu_seconds));
         track.last = Some((at, cpu_seconds));
@@ -261,11 +265,11 @@ mod tests {
     #[test]
     fn a_restarted_process_keeps_the_cpu_its_predecessor_used() {
         let timeline = Timeline::new();
-        timeline.process("notifier", 0.0, 10.0, Some(1));
-        timeline.process("notifier", 10.0, 15.0, Some(1));
-        // Restarted: its counter starts again from zero.
-        timeline.process("notifier", 11.0, 0.0, Some(1));
-        timeline.process("notifier", 20.0, 5.0, Some(2));
+        timeline.process("notifier", 7, 0.0, 10.0, Some(1));
+        timeline.process("notifier", 7, 10.0, 15.0, Some(1));
+        // Restarted: another pid, its counter starts again from zero.
+        timeline.process("notifier", 8, 11.0, 0.0, Some(1));
+        timeline.process("notifier", 8, 20.0, 5.0, Some(2));
         let usage = &timeline.usage()["notifier"];
         assert_eq!(usage.cpu_cores_mean, 0.5);
         assert_eq!(usage.rss_max_bytes, 2);

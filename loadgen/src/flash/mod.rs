@@ -589,15 +589,15 @@ async fn sample(
     };
     let mut redis = redis;
     let deployment = chaos::Deployment::discover(&sources.run_dir).ok();
+    let mut previous = Sample::default();
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         ticks.tick().await;
         let at = timeline.offset(Instant::now());
-        let mut sample = Sample {
-            at,
-            ..Sample::default()
-        };
+        // A source that does not answer this second (an overloaded ingress) leaves its
+        // figures as they were last seen rather than dropping them to zero on the charts.
+        let mut sample = Sample { at, ..previous.clone() };
         if let Some(redis) = redis.as_mut() {
             let keys = &sources.keys;
             let room: Result<(u64, Option<u64>, u64, Option<String>), _> = redis::pipe()
@@ -625,6 +625,7 @@ async fn sample(
             sample.held = count("held");
             sample.sold = count("sold");
         }
+        previous = sample.clone();
         taken.store(sample.held + sample.sold, Ordering::Relaxed);
         seats_bar.set_position(sample.held + sample.sold);
         timeline.sample(sample);

@@ -355,6 +355,11 @@ async fn create_show(admin: &AdminApi, seats: usize, max_tickets: u32) -> anyhow
             201,
         )
         .await?;
+    show_id_of(&show)
+}
+
+/// The id in a `POST /admin/shows` answer.
+pub(crate) fn show_id_of(show: &Value) -> anyhow::Result<ShowId> {
     show["show_id"]
         .as_str()
         .and_then(|id| id.parse().ok())

@@ -10,7 +10,7 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use base64::Engine as _;
@@ -197,8 +197,8 @@ pub struct Tally {
     pub ends: BTreeMap<End, u64>,
     /// Each admitted fan, its queue number and when it heard of its admission.
     pub admissions: Vec<(Uuid, u64, Instant)>,
-    /// Confirmed bookings and when their fan saw them confirmed.
-    pub confirmed: Vec<(Uuid, SystemTime)>,
+    /// Bookings their fan saw confirmed.
+    pub confirmed: u64,
     pub seats_bought: u64,
     pub websockets: u64,
 }
@@ -259,6 +259,32 @@ impl Fan<'_> {
                 None
             }
         }
+    }
+}
+
+impl Fan<'_> {
+    /// POSTs `body` and, while the answer is an overload (503, 429, no answer) or a 409 that
+    /// `busy` recognises, waits a second and sends the same request again (same idempotency
+    /// key: it is the same request), up to five times.
+    async fn post_again_when_busy(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+        busy: impl Fn(&Value) -> bool,
+    ) -> Option<(u16, Value)> {
+        for _ in 0..5 {
+            match self
+                .call(reqwest::Method::POST, path, Some(body.clone()), headers)
+                .await
+            {
+                Some((503 | 429, _)) | None => {}
+                Some((409, answer)) if busy(&answer) => {}
+                answer => return answer,
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        None
     }
 }
 
@@ -504,7 +530,7 @@ async fn shop(fan: &mut Fan<'_>, plan: &Plan, admission: &str) -> End {
             crowd.timeline.count(now, Event::Confirmed);
             crowd.tally(|tally| {
                 tally.payment_to_confirmed.record(now - begun);
-                tally.confirmed.push((booking, SystemTime::now()));
+                tally.confirmed += 1;
                 tally.seats_bought += u64::from(seats);
             });
         }
@@ -561,21 +587,7 @@ async fn hold(fan: &mut Fan<'_>, plan: &Plan, admission: &str) -> Option<(Uuid, 
         let key = Uuid::new_v4().to_string();
         let headers = [("admission-token", admission), ("idempotency-key", key.as_str())];
         let begun = Instant::now();
-        // The same key again after an overload answer: the request is the same request.
-        let mut answer = None;
-        for _ in 0..5 {
-            match fan
-                .call(reqwest::Method::POST, &path, Some(body.clone()), &headers)
-                .await
-            {
-                Some((503 | 429, _)) | None => tokio::time::sleep(Duration::from_secs(1)).await,
-                Some(other) => {
-                    answer = Some(other);
-                    break;
-                }
-            }
-        }
-        let (mut status, mut body) = answer?;
+        let (mut status, mut body) = fan.post_again_when_busy(&path, &body, &headers, |_| false).await?;
         if status == 202 {
             // The wait ran out: follow the request.
             (status, body) = follow_request(fan, &body).await?;
@@ -650,28 +662,13 @@ async fn pay(fan: &mut Fan<'_>, booking: Uuid, card: &str) -> Paid {
     let key = Uuid::new_v4().to_string();
     let body = json!({ "payment_method": "card", "card_token": card });
     let path = format!("/bookings/{booking}/payments");
-    let mut answer = None;
-    for _ in 0..5 {
-        match fan
-            .call(
-                reqwest::Method::POST,
-                &path,
-                Some(body.clone()),
-                &[("idempotency-key", key.as_str())],
-            )
-            .await
-        {
-            Some((503 | 429, _)) | None => tokio::time::sleep(Duration::from_secs(1)).await,
-            // The previous attempt is still being settled: a client waits and tries again.
-            Some((409, answer)) if answer["code"] == "payment_in_progress" => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Some(other) => {
-                answer = Some(other);
-                break;
-            }
-        }
-    }
+    // A 409 `payment_in_progress`: the previous attempt is still being settled, so a client
+    // waits and tries again.
+    let answer = fan
+        .post_again_when_busy(&path, &body, &[("idempotency-key", key.as_str())], |answer| {
+            answer["code"] == "payment_in_progress"
+        })
+        .await;
     let Some((status, answer)) = answer else {
         return Paid::Failed;
     };

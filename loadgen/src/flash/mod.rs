@@ -41,7 +41,7 @@ use self::{
 };
 use crate::{
     audit, chaos,
-    holds::{AdminApi, MapSeat, database_url, hot_rows, rfc3339, run_env, send, venue_and_event},
+    holds::{AdminApi, MapSeat, database_url, hot_rows, rfc3339, run_env, send, show_id_of, venue_and_event},
     queue::Served,
     report::{bar, process_cpu_seconds, resident_bytes},
 };
@@ -512,10 +512,7 @@ async fn create_show(admin: &AdminApi, args: &FlashArgs) -> anyhow::Result<ShowI
             201,
         )
         .await?;
-    show["show_id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .with_context(|| format!("the show answer has no show_id: {show}"))
+    show_id_of(&show)
 }
 
 /// The API instances and their WebSocket addresses.

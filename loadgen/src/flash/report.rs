@@ -205,7 +205,7 @@ impl Report {
             admissions,
             holds,
             seats_held,
-            bookings_confirmed: tally.confirmed.len() as u64,
+            bookings_confirmed: tally.confirmed,
             seats_bought: tally.seats_bought,
             latency,
             rejections: tally.rejections,

@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 
 use common::{contracts::SeatCounts, ids::ShowId};
 use prometheus::{
-    Histogram, HistogramVec, IntCounterVec, IntGaugeVec, exponential_buckets, register_histogram,
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+    GaugeVec, Histogram, HistogramVec, IntCounterVec, IntGaugeVec, exponential_buckets, register_gauge_vec,
+    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
 };
 
 static COMMANDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -89,6 +89,16 @@ static HEAD_AGE: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+static OLDEST_AGE: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "floodgate_booking_queue_oldest_message_age_seconds",
+        "Age of the oldest command waiting in the show's queue, as this writer last saw it: \
+         its latest batch's oldest command when the batch began, growing with the clock while \
+         commands wait and none is taken; 0 when the queue is empty.",
+        &["show_id"]
+    )
+    .expect("metric registers once")
+});
 static TRANSIENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "floodgate_booking_transient_failures_total",
@@ -142,9 +152,25 @@ pub fn seats(show: ShowId, counts: SeatCounts) {
     }
 }
 
-/// Whether this worker writes the show.
+/// Whether this worker writes the show. A new writer's fencing counter starts at zero, so an
+/// alert sees its first rejection.
 pub fn active(show: ShowId, active: bool) {
-    ACTIVE.with_label_values(&[&show.to_string()]).set(i64::from(active));
+    let show = show.to_string();
+    ACTIVE.with_label_values(&[&show]).set(i64::from(active));
+    if active {
+        FENCED.with_label_values(&[&show]);
+    }
+}
+
+/// Creates at zero the series of the failures known in advance, so `/metrics` shows them
+/// before the first one and an alert's `increase()` sees it.
+pub fn register() {
+    for reason in ["undecodable", "refused"] {
+        DEAD_LETTERED.with_label_values(&[reason]);
+    }
+    for stage in ["dedupe", "load", "take_over", "write"] {
+        TRANSIENT.with_label_values(&[stage]);
+    }
 }
 
 /// Ready messages in the show's queue.
@@ -152,6 +178,11 @@ pub fn queue_depth(show: ShowId, messages: u32) {
     QUEUE_DEPTH
         .with_label_values(&[&show.to_string()])
         .set(i64::from(messages));
+}
+
+/// The age of the oldest command waiting in the show's queue.
+pub fn oldest_message_age(show: ShowId, seconds: f64) {
+    OLDEST_AGE.with_label_values(&[&show.to_string()]).set(seconds);
 }
 
 /// How long a batch's first command waited.

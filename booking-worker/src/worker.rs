@@ -225,6 +225,9 @@ async fn consume_into(
 ) -> Stop {
     let mut depth = tokio::time::interval(QUEUE_DEPTH_EVERY);
     depth.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The age of the latest batch's oldest command when the batch began, and when that was:
+    // the oldest message's age, which keeps growing while commands wait and none is taken.
+    let mut head: Option<(f64, tokio::time::Instant)> = None;
     loop {
         // The next hold to lapse, looked at again at least every second: the clock is the
         // context's (tests move it), so a timer set from it could oversleep a jump.
@@ -237,7 +240,12 @@ async fn consume_into(
             () = shutdown.cancelled() => return Stop::Shutdown,
             delivery = consumer.next() => delivery,
             _ = depth.tick() => {
-                report_depth(context, show, channel).await;
+                let waiting = report_depth(context, show, channel).await;
+                let age = match (waiting, head) {
+                    (Some(0), _) | (_, None) => 0.0,
+                    (_, Some((age, at))) => age + at.elapsed().as_secs_f64(),
+                };
+                metrics::oldest_message_age(show, age);
                 continue;
             }
             () = sleep_until(expiry) => {
@@ -260,14 +268,32 @@ async fn consume_into(
                 Err(_elapsed) => break,
             }
         }
-        if let Err(stop) = run_batch(context, show, channel, writer, deliveries, shutdown).await {
-            return stop;
+        match run_batch(context, show, channel, writer, deliveries, shutdown).await {
+            Ok(Some(age)) => {
+                head = Some((age, tokio::time::Instant::now()));
+                metrics::oldest_message_age(show, age);
+                report_lag(context, show, age).await;
+            }
+            Ok(None) => {}
+            Err(stop) => return stop,
         }
     }
 }
 
-/// Ready messages in the show's queue, for the depth gauge (a passive declare: no side effect).
-async fn report_depth(context: &Context, show: ShowId, channel: &Channel) {
+/// Tells the admission controller how far behind the show's queue this writer is (the age of
+/// its latest batch's oldest command), so that it admits fewer fans while commands pile up. A
+/// lost report only leaves the previous one to age out.
+async fn report_lag(context: &Context, show: ShowId, age_seconds: f64) {
+    let keys = availability::Keys::new(&context.redis_prefix, show);
+    let lag_ms = (age_seconds * 1000.0).round() as u64;
+    if let Err(err) = availability::report_lag(&mut context.redis.clone(), &keys, lag_ms).await {
+        tracing::debug!(%show, error = %err, "cannot report the writer's lag");
+    }
+}
+
+/// Ready messages in the show's queue, for the depth gauge (a passive declare: no side
+/// effect); `None` when the broker did not say.
+async fn report_depth(context: &Context, show: ShowId, channel: &Channel) -> Option<u32> {
     let declared = channel
         .queue_declare(
             context.broker.topology().show_queue(show).into(),
@@ -279,8 +305,14 @@ async fn report_depth(context: &Context, show: ShowId, channel: &Channel) {
         )
         .await;
     match declared {
-        Ok(queue) => metrics::queue_depth(show, queue.message_count()),
-        Err(err) => tracing::debug!(%show, error = %err, "cannot read the queue depth"),
+        Ok(queue) => {
+            metrics::queue_depth(show, queue.message_count());
+            Some(queue.message_count())
+        }
+        Err(err) => {
+            tracing::debug!(%show, error = %err, "cannot read the queue depth");
+            None
+        }
     }
 }
 
@@ -298,7 +330,8 @@ struct Received {
 }
 
 /// Applies and writes one batch, retrying transient failures on the same deliveries until it
-/// succeeds, is fenced, or shutdown is asked.
+/// succeeds, is fenced, or shutdown is asked. Returns how long the batch's oldest command had
+/// waited when the batch began.
 async fn run_batch(
     context: &Arc<Context>,
     show: ShowId,
@@ -306,7 +339,7 @@ async fn run_batch(
     writer: &mut Option<Writer>,
     deliveries: Vec<Delivery>,
     shutdown: &CancellationToken,
-) -> Result<(), Stop> {
+) -> Result<Option<f64>, Stop> {
     let mut received = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         match ShowCommand::decode(&delivery.data) {
@@ -322,10 +355,16 @@ async fn run_batch(
             }
         }
     }
-    if let Some(oldest) = received.iter().map(|r| occurred_at(&r.command)).min() {
-        metrics::queue_wait(show, (context.now() - oldest).as_seconds_f64().max(0.0));
+    let waited = received
+        .iter()
+        .map(|r| occurred_at(&r.command))
+        .min()
+        .map(|oldest| (context.now() - oldest).as_seconds_f64().max(0.0));
+    if let Some(waited) = waited {
+        metrics::queue_wait(show, waited);
     }
-    settle(context, show, channel, writer, received, shutdown).await
+    settle(context, show, channel, writer, received, shutdown).await?;
+    Ok(waited)
 }
 
 /// Applies and writes decoded commands until they are committed and acknowledged (retrying

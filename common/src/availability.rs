@@ -21,7 +21,8 @@ pub struct Keys {
     pub bits: String,
     /// String: one status byte per seat.
     pub status: String,
-    /// Hash: `available`, `held`, `sold`, `blocked`, `version`, `epoch`.
+    /// Hash: `available`, `held`, `sold`, `blocked`, `version`, `epoch`, and the writer's lag:
+    /// `lag_ms` (how long its latest batch's oldest command had waited), `lag_at_ms` (when).
     pub meta: String,
 }
 
@@ -195,6 +196,41 @@ pub async fn counts(redis: &mut ConnectionManager, keys: &Keys) -> redis::RedisR
         sold: count(sold),
         blocked: count(blocked),
     }))
+}
+
+const REPORT_LAG: &str = r"
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'lag_ms', ARGV[1], 'lag_at_ms', now[1] * 1000 + math.floor(now[2] / 1000))
+return 1
+";
+
+/// Records how long the writer's latest batch's oldest command had waited in the show's queue
+/// (the booking pipeline's lag, which the admission controller holds admissions back on),
+/// stamped with Redis's clock.
+pub async fn report_lag(redis: &mut ConnectionManager, keys: &Keys, lag_ms: u64) -> redis::RedisResult<()> {
+    let _: i32 = Script::new(REPORT_LAG)
+        .key(&keys.meta)
+        .arg(lag_ms)
+        .invoke_async(redis)
+        .await?;
+    Ok(())
+}
+
+/// The writer's lag as last reported, and when (Unix ms, Redis's clock), with Redis's clock
+/// now: `(lag_ms, age_ms)`; `None` when none was ever reported.
+pub async fn lag(redis: &mut ConnectionManager, keys: &Keys) -> redis::RedisResult<Option<(u64, u64)>> {
+    let (values, (seconds, micros)): (Vec<Option<u64>>, (u64, u64)) = redis::pipe()
+        .cmd("HMGET")
+        .arg(&keys.meta)
+        .arg(&["lag_ms", "lag_at_ms"])
+        .cmd("TIME")
+        .query_async(redis)
+        .await?;
+    let [Some(lag_ms), Some(at_ms)] = values.as_slice() else {
+        return Ok(None);
+    };
+    let now_ms = seconds * 1000 + micros / 1000;
+    Ok(Some((*lag_ms, now_ms.saturating_sub(*at_ms))))
 }
 
 /// Deletes a show's snapshot (tests cleaning up).

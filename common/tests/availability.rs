@@ -66,3 +66,24 @@ async fn the_counts_are_read_back_once_a_writer_with_a_real_epoch_published_them
     assert_eq!(applied, Written::Applied);
     assert_eq!(after_apply.unwrap(), Some(changed));
 }
+
+#[tokio::test]
+async fn the_writers_lag_is_read_back_with_its_age_on_redis_clock() {
+    let mut redis = redis().await;
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let keys = Keys::new(&prefix, ShowId::from(uuid::Uuid::now_v7()));
+    let before = availability::lag(&mut redis, &keys).await;
+    availability::report_lag(&mut redis, &keys, 1_234).await.unwrap();
+    let just_reported = availability::lag(&mut redis, &keys).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let later = availability::lag(&mut redis, &keys).await;
+    availability::delete(&mut redis, &keys).await.unwrap();
+
+    assert_eq!(before.unwrap(), None, "nothing reported yet");
+    let (lag, age) = just_reported.unwrap().expect("reported");
+    assert_eq!(lag, 1_234);
+    assert!(age < 250, "reported {age} ms ago");
+    let (lag, age) = later.unwrap().expect("still there");
+    assert_eq!(lag, 1_234);
+    assert!((300..5_000).contains(&age), "the report ages: {age} ms");
+}

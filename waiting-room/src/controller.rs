@@ -46,6 +46,9 @@ pub struct ShowSettings {
     pub paused: bool,
     /// Seats still sellable.
     pub sellable: u64,
+    /// How far behind the show's booking pipeline is: the age its writer last reported for its
+    /// latest batch's oldest command, if that report is recent.
+    pub booking_lag_ms: Option<u64>,
 }
 
 /// Controller settings.
@@ -59,6 +62,8 @@ pub struct ControllerConfig {
     pub grace: Duration,
     /// Most forfeited places skipped in one tick (bounds the script's run time).
     pub max_skips_per_tick: u32,
+    /// The booking lag admission holds back on (see [`next_share`]); zero turns that off.
+    pub max_booking_lag: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -68,6 +73,7 @@ impl Default for ControllerConfig {
             session: Duration::from_secs(900),
             grace: Duration::from_secs(30),
             max_skips_per_tick: 5_000,
+            max_booking_lag: Duration::from_secs(1),
         }
     }
 }
@@ -102,11 +108,48 @@ pub struct RoomUpdate {
     pub rate: f64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ShowPace {
     credit: f64,
     last_tick_ms: Option<u64>,
     rate: f64,
+    /// Share of the configured rate admitted now ([`next_share`]).
+    share: f64,
+}
+
+impl Default for ShowPace {
+    fn default() -> Self {
+        Self {
+            credit: 0.0,
+            last_tick_ms: None,
+            rate: 0.0,
+            share: 1.0,
+        }
+    }
+}
+
+/// Least share of the configured rate admitted while the booking pipeline lags: admission slows
+/// down, it never stops on its own (a writer that reports lag is alive and working).
+pub const MIN_ADMISSION_SHARE: f64 = 0.05;
+
+/// The share of the configured admission rate to admit at next, from the current one and the
+/// booking pipeline's lag (additive increase, multiplicative decrease, as TCP paces a link).
+/// Fans admitted faster than the show's single writer applies their commands only wait in its
+/// queue, where holds take seconds and lapse; so while the lag is over `max_lag` the share is cut
+/// by 30% each tick, and while it is under half of it the share grows back by 2 points a tick
+/// (from the floor to all of it in about 12 s at 250 ms ticks). In between, or without a recent
+/// report (an idle queue), it holds. A zero `max_lag` admits at the configured rate always.
+pub fn next_share(share: f64, lag_ms: Option<u64>, max_lag: Duration) -> f64 {
+    let max_ms = max_lag.as_millis() as u64;
+    if max_ms == 0 {
+        return 1.0;
+    }
+    let next = match lag_ms {
+        Some(lag) if lag > max_ms => share * 0.7,
+        Some(lag) if lag * 2 > max_ms => share,
+        _ => share + 0.02,
+    };
+    next.clamp(MIN_ADMISSION_SHARE, 1.0)
 }
 
 /// One replica of the admission controller.
@@ -217,8 +260,10 @@ impl Controller {
             .unwrap_or(self.config.tick.as_secs_f64())
             .min(1.0);
         pace.last_tick_ms = Some(now_ms);
+        pace.share = next_share(pace.share, show.booking_lag_ms, self.config.max_booking_lag);
+        metrics::admission_share(show.show_id, pace.share, show.booking_lag_ms);
         let budget = if state == "open" {
-            pace.credit += f64::from(show.admit_per_second) * elapsed_s;
+            pace.credit += f64::from(show.admit_per_second) * pace.share * elapsed_s;
             (pace.credit.floor() as u64).min(show.sellable)
         } else {
             pace.credit = 0.0;
@@ -345,7 +390,28 @@ mod tests {
             max_active: 10,
             paused,
             sellable,
+            booking_lag_ms: None,
         }
+    }
+
+    #[test]
+    fn admission_slows_while_the_booking_pipeline_lags_and_recovers_after() {
+        let max = Duration::from_secs(1);
+        // Behind: cut by 30% a tick, down to the floor and no further.
+        assert!((next_share(1.0, Some(1_500), max) - 0.7).abs() < 1e-9);
+        let mut share = 1.0;
+        for _ in 0..50 {
+            share = next_share(share, Some(5_000), max);
+        }
+        assert!((share - MIN_ADMISSION_SHARE).abs() < 1e-9);
+        // Between half the limit and the limit: held.
+        assert!((next_share(0.5, Some(700), max) - 0.5).abs() < 1e-9);
+        // Caught up (or nothing reported recently: an idle queue): back up by 2 points a tick.
+        assert!((next_share(0.5, Some(100), max) - 0.52).abs() < 1e-9);
+        assert!((next_share(0.5, None, max) - 0.52).abs() < 1e-9);
+        assert!((next_share(0.999, Some(10), max) - 1.0).abs() < 1e-9);
+        // Turned off: always the whole rate.
+        assert!((next_share(0.1, Some(60_000), Duration::ZERO) - 1.0).abs() < 1e-9);
     }
 
     #[test]

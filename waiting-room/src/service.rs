@@ -27,7 +27,8 @@ pub struct ServiceConfig {
     /// Shared settings (admin port 9101).
     pub common: CommonConfig,
     /// `WAITING_ROOM_TICK_MS` (250), `WAITING_ROOM_SESSION_SECONDS` (900),
-    /// `WAITING_ROOM_GRACE_SECONDS` (30).
+    /// `WAITING_ROOM_GRACE_SECONDS` (30), `WAITING_ROOM_MAX_BOOKING_LAG_MS` (1000; 0 turns
+    /// the back-off off).
     pub controller: ControllerConfig,
 }
 
@@ -40,6 +41,7 @@ impl ServiceConfig {
                 tick: Duration::from_millis(env_or("WAITING_ROOM_TICK_MS", 250)?),
                 session: Duration::from_secs(env_or("WAITING_ROOM_SESSION_SECONDS", 900)?),
                 grace: Duration::from_secs(env_or("WAITING_ROOM_GRACE_SECONDS", 30)?),
+                max_booking_lag: Duration::from_millis(env_or("WAITING_ROOM_MAX_BOOKING_LAG_MS", 1_000)?),
                 ..ControllerConfig::default()
             },
         })
@@ -99,6 +101,7 @@ async fn tick_all(pool: &PgPool, redis: &mut ConnectionManager, prefix: &str, co
         match sellable(pool, redis, prefix, show.show_id).await {
             Ok(seats) => {
                 show.sellable = seats;
+                show.booking_lag_ms = booking_lag(redis, prefix, show.show_id).await;
                 shows.push(show);
             }
             Err(err) => {
@@ -109,6 +112,23 @@ async fn tick_all(pool: &PgPool, redis: &mut ConnectionManager, prefix: &str, co
     for show in &shows {
         if let Err(err) = controller.tick_show(show, now_ms()).await {
             tracing::warn!(show_id = %show.show_id, error = %err, "admission tick failed");
+        }
+    }
+}
+
+/// A lag report older than this is no news: the writer took no batch since (an idle queue).
+const LAG_REPORT_FRESH_MS: u64 = 5_000;
+
+/// The booking lag the show's writer last reported, if recent; `None` when it cannot be read
+/// (admission then goes on as if the pipeline kept up: a Redis hiccup must not stall a sale).
+async fn booking_lag(redis: &mut ConnectionManager, prefix: &str, show: ShowId) -> Option<u64> {
+    let keys = availability::Keys::new(prefix, show);
+    match availability::lag(redis, &keys).await {
+        Ok(Some((lag_ms, age_ms))) if age_ms <= LAG_REPORT_FRESH_MS => Some(lag_ms),
+        Ok(_) => None,
+        Err(err) => {
+            tracing::debug!(show_id = %show, error = %err, "cannot read the booking lag");
+            None
         }
     }
 }

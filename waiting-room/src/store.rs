@@ -47,6 +47,7 @@ pub async fn live_shows(db: impl PgExecutor<'_>) -> Result<Vec<ShowSettings>, sq
             paused: row.waiting_room_paused,
             // Filled in by the caller from the availability snapshot.
             sellable: 0,
+            booking_lag_ms: None,
         })
         .collect())
 }

@@ -54,6 +54,7 @@ impl Fixture {
             max_active,
             paused: false,
             sellable: 10_000,
+            booking_lag_ms: None,
         }
     }
 
@@ -175,6 +176,49 @@ async fn fans_are_admitted_in_queue_order_at_the_configured_rate_and_never_beyon
     let outcome = controller.tick_show(&show, now).await.unwrap();
     assert_eq!((outcome.admitted, outcome.active), (5, 30));
     assert_eq!(outcome.serving, 35);
+}
+
+#[tokio::test]
+async fn admission_slows_down_while_the_booking_pipeline_lags_and_speeds_up_again_after() {
+    let fx = Fixture::new().await;
+    let mut controller = fx.controller(ControllerConfig::default());
+    let mut show = fx.show(100, 10_000);
+    let id = show.show_id;
+    show.prequeue_opens_at_ms = fx.t0;
+    show.on_sale_at_ms = fx.t0;
+    controller.tick_show(&show, fx.t0).await.unwrap();
+    // Enough fans that the room never runs dry during the test.
+    for _ in 0..2_000 {
+        fx.room.join(id, UserId::new()).await.unwrap();
+    }
+    let mut now = fx.t0;
+    // Keeping up: the configured 100/s.
+    assert_eq!(ticks(&mut controller, &mut show, &mut now, Some(50), 4).await, 100);
+    // Two seconds behind: admission drops to a trickle within a few ticks.
+    let lagging = ticks(&mut controller, &mut show, &mut now, Some(2_000), 12).await;
+    assert!(lagging < 100, "{lagging} admitted in 3 s while the writer lagged");
+    let trickle = ticks(&mut controller, &mut show, &mut now, Some(2_000), 4).await;
+    assert!(trickle <= 10, "{trickle} admitted in 1 s at the floor");
+    // Caught up: back to the full rate within seconds.
+    ticks(&mut controller, &mut show, &mut now, Some(50), 60).await;
+    assert_eq!(ticks(&mut controller, &mut show, &mut now, None, 4).await, 100);
+}
+
+/// Runs `count` 250 ms ticks with the writer reporting `lag`; returns the fans admitted.
+async fn ticks(
+    controller: &mut Controller,
+    show: &mut ShowSettings,
+    now: &mut u64,
+    lag: Option<u64>,
+    count: usize,
+) -> u64 {
+    show.booking_lag_ms = lag;
+    let mut admitted = 0;
+    for _ in 0..count {
+        *now += 250;
+        admitted += controller.tick_show(show, *now).await.unwrap().admitted;
+    }
+    admitted
 }
 
 #[tokio::test]

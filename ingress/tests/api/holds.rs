@@ -418,6 +418,7 @@ async fn the_fans_websocket_hears_the_hold_result_and_the_release() {
         max_active: 10,
         paused: false,
         sellable: 6,
+        booking_lag_ms: None,
     };
     controller.tick_show(&settings, now).await.unwrap();
     let joined = sale

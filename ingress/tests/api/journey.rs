@@ -129,6 +129,7 @@ async fn a_fan_joins_is_admitted_holds_pays_gets_tickets_checks_in_once_and_rece
         max_active: 100,
         paused: false,
         sellable: 10,
+        booking_lag_ms: None,
     };
     let start = now_ms();
     controller.tick_show(&settings, start).await.unwrap();

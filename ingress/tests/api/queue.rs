@@ -38,6 +38,7 @@ fn settings(show: &str, admit_per_second: u32) -> ShowSettings {
         max_active: 100,
         paused: false,
         sellable: 10,
+        booking_lag_ms: None,
     }
 }
 

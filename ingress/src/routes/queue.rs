@@ -3,6 +3,12 @@
 //! Decisions: a place that was forfeited (its fan went quiet past the grace period) is gone;
 //! joining again gives a place at the back. The WebSocket accepts clients without an `Origin`
 //! header (non-browser clients); browsers always send one, and it must be on the allowed list.
+//!
+//! A socket hears its position at most once a second, and less often the further back its fan
+//! is: every ETA ÷ 20 (at most every 10 s), so the ETA shown is never more than 5% stale while
+//! the front of the line sees every second. Each position message is a write on one socket;
+//! 20,000 sockets told every second cost ingress a core on the 2-core rehearsal machine, most of
+//! it for fans minutes away from their turn.
 
 use std::time::{Duration, Instant};
 
@@ -163,8 +169,17 @@ pub struct WsQuery {
 const MAX_CLIENT_MESSAGE: usize = 1024;
 /// Client messages allowed per second before the socket is closed.
 const MAX_CLIENT_MESSAGES_PER_SECOND: u32 = 5;
-/// Least time between two position messages to one fan.
+/// Least time between two position messages to one fan near the front.
 const POSITION_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two position messages to a fan far back.
+const POSITION_EVERY_FAR: Duration = Duration::from_secs(10);
+
+/// Least time between two position messages to a fan with this ETA: a twentieth of it, from
+/// [`POSITION_EVERY`] to [`POSITION_EVERY_FAR`].
+fn position_every(eta_seconds: Option<u64>) -> Duration {
+    let twentieth = Duration::from_secs(eta_seconds.unwrap_or(0)) / 20;
+    twentieth.clamp(POSITION_EVERY, POSITION_EVERY_FAR)
+}
 /// How often a connected fan is recorded as present.
 const ALIVE_EVERY: Duration = Duration::from_secs(10);
 
@@ -332,8 +347,10 @@ async fn fan_socket(mut socket: WebSocket, state: AppState, show: ShowId, user: 
                 if changed.is_err() {
                     break;
                 }
-                // Coalesce: a fan hears at most one position a second; later ticks are folded in.
-                let wait = POSITION_EVERY.saturating_sub(last_position.elapsed());
+                // Coalesce: a fan hears at most one position a second, less often far back
+                // (`position_every`); later ticks are folded in.
+                let every = position_every(place.eta_seconds());
+                let wait = every.saturating_sub(last_position.elapsed());
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
@@ -397,5 +414,23 @@ async fn fan_socket(mut socket: WebSocket, state: AppState, show: ShowId, user: 
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fans_far_back_hear_their_position_less_often() {
+        // Near the front (and without an ETA: a paused room, the pre-queue): every second.
+        assert_eq!(position_every(None), POSITION_EVERY);
+        assert_eq!(position_every(Some(0)), POSITION_EVERY);
+        assert_eq!(position_every(Some(20)), POSITION_EVERY);
+        // A twentieth of the ETA in between.
+        assert_eq!(position_every(Some(60)), Duration::from_secs(3));
+        // Never less often than every 10 s.
+        assert_eq!(position_every(Some(200)), POSITION_EVERY_FAR);
+        assert_eq!(position_every(Some(100_000)), POSITION_EVERY_FAR);
     }
 }

@@ -89,6 +89,7 @@ impl Application {
     /// Connects to the dependencies, applies migrations (unless disabled), creates the first
     /// admin if asked to, declares the RabbitMQ topology and binds both listeners.
     pub async fn build(config: IngressConfig) -> anyhow::Result<Self> {
+        crate::metrics::register();
         if config.uses_development_secret() {
             tracing::warn!(
                 "a development secret is in use (JWT_SECRET, ADMISSION_TOKEN_KEYS or GATEWAY_WEBHOOK_SECRET unset); \

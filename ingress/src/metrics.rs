@@ -101,6 +101,17 @@ static CHECK_INS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Creates at zero the series known in advance (door scans by outcome, webhooks refused), so
+/// `/metrics` shows them before the first one and an alert's `increase()` sees it.
+pub fn register() {
+    for outcome in ["admitted", "already_checked_in", "ticket_void", "ticket_not_found"] {
+        CHECK_INS.with_label_values(&[outcome]);
+    }
+    for outcome in ["invalid_signature", "stale_signature", "invalid_event", "unavailable"] {
+        WEBHOOK_EVENTS.with_label_values(&[outcome]);
+    }
+}
+
 /// Counts one ticket scan.
 pub fn check_in(outcome: &str) {
     CHECK_INS.with_label_values(&[outcome]).inc();

@@ -59,6 +59,26 @@ static WEBHOOK_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Creates at zero the series of every kind and channel (and of webhook POSTs by outcome), so
+/// `/metrics` shows them before the first notification and an alert's `increase()` sees the
+/// first failure.
+pub fn register() {
+    for kind in Kind::ALL {
+        for channel in [Channel::Email, Channel::Webhook] {
+            let labels = [kind.as_str(), channel.as_str()];
+            SENT.with_label_values(&labels);
+            RETRIED.with_label_values(&labels);
+            for reason in ["permanent", "exhausted"] {
+                DEAD_LETTERED.with_label_values(&[labels[0], labels[1], reason]);
+            }
+        }
+    }
+    DEAD_LETTERED.with_label_values(&["none", "none", "undecodable"]);
+    for outcome in ["sent", "transient", "permanent"] {
+        WEBHOOK_SECONDS.with_label_values(&[outcome]);
+    }
+}
+
 /// A notification delivered.
 pub fn sent(kind: Kind, channel: Channel) {
     SENT.with_label_values(&[kind.as_str(), channel.as_str()]).inc();

@@ -30,6 +30,7 @@ impl Service {
     /// Connects to PostgreSQL (lazily) and RabbitMQ (the broker may come later), and prepares the
     /// SMTP and HTTP clients.
     pub async fn build(config: NotifierConfig) -> anyhow::Result<Self> {
+        crate::metrics::register();
         let db = common::db::pool(&config.common.database_url, config.common.database_max_connections)
             .context("invalid DATABASE_URL")?;
         let mailer = Mailer::new(&config.smtp_url, config.smtp_timeout, &config.mail_from)?;

@@ -104,13 +104,19 @@ pub fn transient(stage: &str) {
     RETRIES.with_label_values(&[stage]).inc();
 }
 
-/// Registers every metric now, so `/metrics` shows them (at zero) before the first payment.
+/// Registers every metric now, and creates at zero the series of the failures known in
+/// advance, so `/metrics` shows them before the first payment and an alert's `increase()` sees
+/// the first failure.
 pub fn register() {
     LazyLock::force(&PAYMENTS);
     LazyLock::force(&GATEWAY_SECONDS);
     LazyLock::force(&REFUNDS);
-    LazyLock::force(&RECONCILIATIONS);
-    LazyLock::force(&DEAD_LETTERED);
     LazyLock::force(&WEBHOOKS);
-    LazyLock::force(&RETRIES);
+    for result in ["found", "not_found", "error"] {
+        RECONCILIATIONS.with_label_values(&[result]);
+    }
+    for reason in ["undecodable", "database", "not_settled", "unknown_payment"] {
+        DEAD_LETTERED.with_label_values(&[reason]);
+        RETRIES.with_label_values(&[reason]);
+    }
 }

@@ -93,6 +93,8 @@ pub mod defaults {
     pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
     /// RabbitMQ, default vhost.
     pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    /// The public API port of ingress.
+    pub const API_PORT: u16 = 8080;
     /// Admin ports, one per process.
     pub const ADMIN_PORT_INGRESS: u16 = 9100;
     /// Admin port of the admission controller.

@@ -75,7 +75,7 @@ impl IngressConfig {
         let cors = env_string("CORS_ALLOWED_ORIGINS", "http://127.0.0.1:8080,http://localhost:8080");
         Ok(Self {
             common,
-            api_listen: env_or("API_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            api_listen: env_or("API_LISTEN", SocketAddr::from(([127, 0, 0, 1], defaults::API_PORT)))?,
             jwt_secret: Secret::new(env_string("JWT_SECRET", DEV_JWT_SECRET)),
             jwt_previous_secret: (!previous.is_empty()).then(|| Secret::new(previous)),
             access_token_ttl: Duration::from_secs(env_or("ACCESS_TOKEN_TTL_SECONDS", 900)?),

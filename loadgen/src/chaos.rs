@@ -68,6 +68,9 @@ pub struct Process {
     /// What answers 200 once it is ready: `<admin>/readyz`, or the gateway simulator's
     /// `/healthz`; `None` for the SMTP sink.
     pub ready_url: Option<String>,
+    /// An ingress's public API (`http://127.0.0.1:8081`): `API_LISTEN` from its environment,
+    /// else the default port.
+    pub api_url: Option<String>,
 }
 
 /// A fault that was injected.
@@ -192,34 +195,73 @@ impl Deployment {
         let active = self
             .the_one(show, "the active booking-worker", |show| self.writers(show))
             .await?;
-        let mut standby = false;
+        self.kill_and_start_again(
+            active,
+            format!("SIGKILL to the active booking-worker of show {show}"),
+            "scripts/up --workers 2 starts one",
+        )
+        .await
+    }
+
+    /// Kills the admission controller holding the lease of `show` with SIGKILL (another one
+    /// must take the lease over), then starts it again identically. Refuses when no other
+    /// admission controller is running and ready.
+    pub async fn kill_lease_holder(&self, show: ShowId) -> anyhow::Result<Fault> {
+        let holder = self
+            .the_one(show, "the admission controller holding the lease", |show| {
+                self.lease_holders(show)
+            })
+            .await?;
+        self.kill_and_start_again(
+            holder,
+            format!("SIGKILL to the admission controller holding the lease of show {show}"),
+            "scripts/up --replicas 2 starts one",
+        )
+        .await
+    }
+
+    /// Kills ingress replica `name` with SIGKILL (its fans must carry on through another),
+    /// then starts it again identically. Refuses when no other ingress is running and ready.
+    pub async fn kill_ingress(&self, name: &str) -> anyhow::Result<Fault> {
+        let victim = self.process(name)?;
+        if victim.role != "ingress" {
+            bail!("{name} is not an ingress");
+        }
+        self.kill_and_start_again(
+            victim,
+            format!("SIGKILL to ingress replica {name}"),
+            "scripts/up --replicas 2 starts one",
+        )
+        .await
+    }
+
+    /// SIGKILL to `victim`, then the same program started again in its place, without
+    /// waiting for it to be ready. Refuses when no other ready process of its role could
+    /// carry on meanwhile (`how` says how to start one).
+    async fn kill_and_start_again(&self, victim: Process, what: String, how: &str) -> anyhow::Result<Fault> {
+        let mut peer = false;
         for other in self.processes() {
-            if other.role == "booking-worker" && other.pid != active.pid && self.is_ready(&other).await {
-                standby = true;
+            if other.role == victim.role && other.pid != victim.pid && self.is_ready(&other).await {
+                peer = true;
                 break;
             }
         }
-        if !standby {
+        if !peer {
             bail!(
-                "refusing to kill {} (the writer of show {show}): no standby booking-worker is running \
-                 (scripts/up --workers 2 starts one)",
-                active.name
+                "refusing to kill {}: no other {} is running and ready ({how})",
+                victim.name,
+                victim.role
             );
         }
-        let launch = Launch::of(active.pid)?;
+        let launch = Launch::of(victim.pid)?;
         let (at, wall_clock) = (Instant::now(), OffsetDateTime::now_utc());
-        send(active.pid, Signal::KILL)?;
-        let fault = Fault::new(
-            format!("SIGKILL to the active booking-worker of show {show}"),
-            &active,
-            at,
-            wall_clock,
-        );
-        if !wait_for_exit(active.pid, KILL_GRACE).await {
-            bail!("{} (pid {}) is still alive after SIGKILL", active.name, active.pid);
+        send(victim.pid, Signal::KILL)?;
+        let fault = Fault::new(what, &victim, at, wall_clock);
+        if !wait_for_exit(victim.pid, KILL_GRACE).await {
+            bail!("{} (pid {}) is still alive after SIGKILL", victim.name, victim.pid);
         }
-        let new_pid = launch.spawn(&self.run_dir, &active.name, "started again after SIGKILL")?;
-        tracing::info!(process = %active.name, pid = active.pid, new_pid, %show, "killed the show's writer");
+        let new_pid = launch.spawn(&self.run_dir, &victim.name, "started again after SIGKILL")?;
+        tracing::info!(process = %victim.name, pid = victim.pid, new_pid, what = %fault.what, "killed");
         Ok(fault.ended(Some(new_pid)))
     }
 
@@ -389,12 +431,22 @@ fn live_process(name: String, pid: u32) -> Option<Process> {
     let env = parse_environ(&environ);
     let admin_url = admin_url(&role, &env);
     let ready_url = ready_url(&role, admin_url.as_deref(), &env);
+    let api_url = (role == "ingress")
+        .then(|| {
+            let listen = match env_value(&env, "API_LISTEN") {
+                Some(value) => value.parse().ok()?,
+                None => SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::API_PORT)),
+            };
+            (listen.port() != 0).then(|| http_url(listen))
+        })
+        .flatten();
     Some(Process {
         name,
         role,
         pid,
         admin_url,
         ready_url,
+        api_url,
     })
 }
 

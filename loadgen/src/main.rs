@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
             if outcome.passed() {
                 Ok(())
             } else {
-                anyhow::bail!("the audit found violations (see the report)")
+                anyhow::bail!("the audit found violations or fans lost their place (see the report)")
             }
         }
     }

@@ -1,20 +1,23 @@
 //! `loadgen flash-sale` end to end, small: 2,000 fans and 500 seats against a real, isolated
 //! Floodgate (every process of the project, started by the harness in `support` with its own
 //! database, queue prefix, key prefix, ports and mail directory). The sale must sell out and the
-//! audit pass, with and without chaos; the report must be written with its charts.
+//! audit pass, with and without chaos; the report must be written with its charts. The chaos
+//! run is also the scale-out drill: two ingress replicas, two admission controllers and two
+//! booking-workers, one of each killed with SIGKILL during the sale.
 
 mod support;
 
 use clap::Parser as _;
 use loadgen::flash::{self, FlashArgs, Outcome};
-use support::Floodgate;
+use support::{Floodgate, Options};
 
 /// The rehearsal's arguments for `floodgate`, plus `extra`.
 fn args(floodgate: &Floodgate, out_dir: &std::path::Path, extra: &[&str]) -> FlashArgs {
+    let apis = floodgate.api_urls.join(",");
     let mut argv: Vec<String> = [
         "flash-sale",
         "--api",
-        &floodgate.api_url,
+        &apis,
         "--admin-email",
         &floodgate.admin_email,
         "--admin-password",
@@ -131,20 +134,94 @@ async fn a_small_flash_sale_sells_out_with_a_clean_audit_and_a_report() {
         Some(report.audit.checks.len())
     );
     let _ = std::fs::remove_dir_all(&out);
+    every_monitored_metric_is_exported(&floodgate).await;
+}
+
+/// Every metric the Grafana dashboard and the alert rules query (k8s/monitoring, as
+/// `scripts/check-monitoring --list-metrics` lists them) is exported by some process of a
+/// deployment that has just run a sale: a panel or an alert on a name nobody exports would
+/// stay silent forever.
+async fn every_monitored_metric_is_exported(floodgate: &Floodgate) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-monitoring");
+    let listed = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--list-metrics")
+        .output()
+        .expect("scripts/check-monitoring runs");
+    assert!(
+        listed.status.success(),
+        "scripts/check-monitoring --list-metrics: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let wanted: std::collections::BTreeSet<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert!(wanted.len() > 20, "the dashboard and rules name metrics: {wanted:?}");
+    let http = reqwest::Client::new();
+    let mut exported = std::collections::BTreeSet::new();
+    for (name, admin) in &floodgate.admin_urls {
+        let text = http
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|err| panic!("{name} serves /metrics: {err}"))
+            .text()
+            .await
+            .expect("a metrics body");
+        exported.extend(
+            text.lines()
+                .filter(|line| !line.starts_with('#'))
+                .filter_map(|line| line.split(['{', ' ']).next())
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    let missing: Vec<&String> = wanted.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "queried by k8s/monitoring but exported by no process: {missing:?}"
+    );
 }
 
 #[tokio::test]
-async fn a_small_flash_sale_keeps_a_clean_audit_through_chaos() {
-    let floodgate = Floodgate::start().await;
+async fn a_small_flash_sale_keeps_a_clean_audit_through_chaos_on_replicas() {
+    let floodgate = Floodgate::start_with(Options {
+        ingresses: 2,
+        admission_controllers: 2,
+        booking_workers: 2,
+        ..Options::default()
+    })
+    .await;
     let out = tempdir("chaos");
     let outcome = rehearse(&floodgate, &out, &["--chaos"]).await;
     assert_sold_out_with_a_clean_audit(&outcome);
-    let faults: Vec<&str> = outcome.report.faults.iter().map(|fault| fault.what.as_str()).collect();
-    assert_eq!(faults.len(), 4, "four faults: {faults:?}");
+    let report = &outcome.report;
+    let faults: Vec<&str> = report.faults.iter().map(|fault| fault.what.as_str()).collect();
+    assert_eq!(faults.len(), 6, "six faults: {faults:?}");
     assert!(
-        faults.iter().all(|what| !what.starts_with("FAILED")),
+        faults
+            .iter()
+            .all(|what| !what.starts_with("FAILED") && !what.starts_with("SKIPPED")),
         "every fault happened: {faults:?}"
     );
+    for what in ["ingress replica", "holding the lease", "active booking-worker"] {
+        assert!(
+            faults
+                .iter()
+                .any(|fault| fault.starts_with("SIGKILL") && fault.contains(what)),
+            "a SIGKILL to the {what}: {faults:?}"
+        );
+    }
+    // The killed ingress's fans carried on through the other one, in the same place.
+    assert!(
+        report.failovers + report.websocket_reconnects > 0,
+        "fans moved to the other ingress"
+    );
+    assert_eq!(report.places_lost, 0, "no fan lost its place");
     let _ = std::fs::remove_dir_all(&out);
 }
 

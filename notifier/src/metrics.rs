@@ -68,6 +68,7 @@ pub fn register() {
             let labels = [kind.as_str(), channel.as_str()];
             SENT.with_label_values(&labels);
             RETRIED.with_label_values(&labels);
+            DUPLICATES.with_label_values(&labels);
             for reason in ["permanent", "exhausted"] {
                 DEAD_LETTERED.with_label_values(&[labels[0], labels[1], reason]);
             }

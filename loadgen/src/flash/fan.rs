@@ -1,5 +1,6 @@
-//! One fan of a flash sale, behaving like a person: logs in when they arrive, joins the waiting
-//! room, watches their place (over a WebSocket, or by polling the queue like a client without
+//! One fan of a flash sale, behaving like a person: signed in beforehand (most fans of a big
+//! on-sale are; the others log in when they arrive, and anyone whose access token expires logs
+//! in again), joins the waiting room, watches their place (over a WebSocket, or by polling the queue like a client without
 //! one), and once admitted thinks, asks for seats, and then abandons the hold, or pays (some
 //! with a card that is declined first), and may cancel afterwards.
 //!
@@ -40,6 +41,8 @@ const HOLD_WAIT: u64 = 10;
 pub struct Plan {
     /// Fan account number.
     pub account: usize,
+    /// Signed in before the pre-queue opened (otherwise logs in on arrival).
+    pub signed_in: bool,
     /// When the fan arrives, from the start of the run.
     pub arrival: Duration,
     /// Watches the room over a WebSocket (otherwise polls).
@@ -63,6 +66,7 @@ pub struct Plan {
 /// The share of fans behaving each way.
 #[derive(Debug, Clone)]
 pub struct Behaviour {
+    pub signed_in_share: f64,
     pub websocket_share: f64,
     pub hot_share: f64,
     pub adjacent_share: f64,
@@ -101,7 +105,17 @@ pub fn plans(
                 let truncated = 1.0 - (-3.0_f64).exp();
                 prequeue.as_secs_f64() - (1.0 - when * truncated).ln() * tail / 3.0
             };
-            let [websocket, hot, size, adjacent, abandon, decline, cancel, think] = std::array::from_fn(|_| unit());
+            let [
+                websocket,
+                hot,
+                size,
+                adjacent,
+                abandon,
+                decline,
+                cancel,
+                think,
+                signed_in,
+            ] = std::array::from_fn(|_| unit());
             // Most fans want two seats, few want one or many.
             let quantity = match size {
                 x if x < 0.15 => 1,
@@ -115,6 +129,7 @@ pub fn plans(
             let abandon = abandon < behaviour.abandon_share;
             Plan {
                 account: first_account + n,
+                signed_in: signed_in < behaviour.signed_in_share,
                 arrival: Duration::from_secs_f64(arrival),
                 websocket: websocket < behaviour.websocket_share,
                 hot: hot < behaviour.hot_share,
@@ -201,10 +216,16 @@ pub struct Tally {
     pub confirmed: u64,
     pub seats_bought: u64,
     pub websockets: u64,
+    /// WebSockets opened again after closing under their fan.
+    pub websocket_reconnects: u64,
+    /// Times a fan moved to another ingress because its own did not answer.
+    pub failovers: u64,
+    /// Fans whose queue number changed while they waited (must be 0).
+    pub places_lost: u64,
 }
 
 impl Crowd {
-    fn tally(&self, update: impl FnOnce(&mut Tally)) {
+    pub(crate) fn tally(&self, update: impl FnOnce(&mut Tally)) {
         update(&mut self.tally.lock().expect("not poisoned"));
     }
 
@@ -220,16 +241,48 @@ impl Crowd {
 /// A logged-in fan's calls.
 struct Fan<'a> {
     crowd: &'a Crowd,
-    api: &'a Api,
-    token: String,
+    /// Index into the crowd's APIs of the ingress the fan talks to; moves on to the next one
+    /// when that one stops answering (a replica killed or restarting), as a load balancer
+    /// would send the client elsewhere.
+    api: std::sync::atomic::AtomicUsize,
+    account: usize,
+    /// The fan's queue number, from joining: the place must survive any failover.
+    number: Option<u64>,
+    /// The access token; replaced when it expires.
+    token: Mutex<String>,
     socket: Option<Socket>,
+    /// Jitter of the fan's polling.
+    rng: SplitMix64,
 }
 
 impl Fan<'_> {
-    fn url(&self, path: &str) -> String {
-        format!("{}/api/v1{path}", self.api.http)
+    fn api(&self) -> &Api {
+        let index = self.api.load(std::sync::atomic::Ordering::Relaxed);
+        &self.crowd.apis[index % self.crowd.apis.len()]
     }
 
+    /// Moves on to the next ingress (when there is more than one); true if it did.
+    fn fail_over(&self) -> bool {
+        if self.crowd.apis.len() < 2 {
+            return false;
+        }
+        self.api.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.crowd.tally(|tally| tally.failovers += 1);
+        true
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.api().http)
+    }
+
+    fn token(&self) -> String {
+        self.token.lock().expect("not poisoned").clone()
+    }
+
+    /// Sends one request. When its ingress does not answer and there is another, sends it
+    /// there (every call of a fan is safe to repeat: reads, the idempotent join and leave,
+    /// and POSTs with an `Idempotency-Key`). When the access token has expired (a long wait),
+    /// logs in again and sends it once more, as a client refreshes its session.
     async fn call(
         &self,
         method: reqwest::Method,
@@ -237,16 +290,35 @@ impl Fan<'_> {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Option<(u16, Value)> {
+        let mut answer = self.call_once(method.clone(), path, body.as_ref(), headers).await;
+        if answer.is_none() && self.fail_over() {
+            answer = self.call_once(method.clone(), path, body.as_ref(), headers).await;
+        }
+        if !matches!(&answer, Some((401, problem)) if problem["code"] == "invalid_token") {
+            return answer;
+        }
+        let token = log_in(self.crowd, self.api(), self.account).await?;
+        *self.token.lock().expect("not poisoned") = token;
+        self.call_once(method, path, body.as_ref(), headers).await
+    }
+
+    async fn call_once(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Option<(u16, Value)> {
         let mut request = self
             .crowd
             .client
             .request(method, self.url(path))
-            .bearer_auth(&self.token);
+            .bearer_auth(self.token());
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         if let Some(body) = body {
-            request = request.json(&body);
+            request = request.json(body);
         }
         let Ok(_permit) = self.crowd.in_flight.acquire().await else {
             return None;
@@ -288,23 +360,31 @@ impl Fan<'_> {
     }
 }
 
-/// Runs one fan from arrival to leaving.
-pub async fn visit(crowd: Arc<Crowd>, plan: Plan) -> End {
-    let end = visit_inner(&crowd, &plan).await;
+/// Runs one fan from arrival to leaving; `token` is the access token of a fan who signed in
+/// beforehand.
+pub async fn visit(crowd: Arc<Crowd>, plan: Plan, token: Option<String>) -> End {
+    let end = visit_inner(&crowd, &plan, token).await;
     crowd.tally(|tally| *tally.ends.entry(end).or_default() += 1);
     end
 }
 
-async fn visit_inner(crowd: &Crowd, plan: &Plan) -> End {
-    let api = &crowd.apis[plan.account % crowd.apis.len()];
-    let Some(token) = log_in(crowd, api, plan.account).await else {
-        return End::Failed;
+async fn visit_inner(crowd: &Crowd, plan: &Plan, token: Option<String>) -> End {
+    let api = plan.account % crowd.apis.len();
+    let token = match token {
+        Some(token) => token,
+        None => match log_in(crowd, &crowd.apis[api], plan.account).await {
+            Some(token) => token,
+            None => return End::Failed,
+        },
     };
     let mut fan = Fan {
         crowd,
-        api,
-        token,
+        api: api.into(),
+        account: plan.account,
+        number: None,
+        token: Mutex::new(token),
         socket: None,
+        rng: SplitMix64(plan.account as u64 ^ 0x5EED),
     };
     let show = crowd.show;
     let begun = Instant::now();
@@ -322,9 +402,9 @@ async fn visit_inner(crowd: &Crowd, plan: &Plan) -> End {
         return End::Failed;
     }
     crowd.timeline.count(now, Event::Joined);
+    fan.number = body["number"].as_u64();
     if plan.websocket {
-        let source = Ipv4Addr::new(127, 0, 0, 1 + (plan.account % usize::from(crowd.sources.max(1))) as u8);
-        match connect(api.host, source, &api.ws_url, &fan.token).await {
+        match fan.connect().await {
             Ok(socket) => {
                 fan.socket = Some(socket);
                 crowd.tally(|tally| tally.websockets += 1);
@@ -370,36 +450,76 @@ async fn visit_inner(crowd: &Crowd, plan: &Plan) -> End {
     end
 }
 
+impl Fan<'_> {
+    /// Opens the fan's WebSocket to its current ingress.
+    async fn connect(&self) -> anyhow::Result<Socket> {
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (self.account % usize::from(self.crowd.sources.max(1))) as u8,
+        );
+        let api = self.api();
+        connect(api.host, source, &api.ws_url, &self.token()).await
+    }
+
+    /// The socket closed under the fan (its ingress died or is restarting): reconnect, to
+    /// another ingress when there is one, as a client's reconnect goes through the load
+    /// balancer to a live replica. Without success the fan carries on by polling.
+    async fn reconnect(&mut self) {
+        self.fail_over();
+        for attempt in 0..3_u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                self.fail_over();
+            }
+            if let Ok(socket) = self.connect().await {
+                self.socket = Some(socket);
+                self.crowd.tally(|tally| tally.websocket_reconnects += 1);
+                return;
+            }
+        }
+        self.crowd.error("websocket reconnect");
+    }
+}
+
 async fn close(fan: &mut Fan<'_>) {
     if let Some(mut socket) = fan.socket.take() {
         let _ = socket.close(None).await;
     }
 }
 
+/// Logs a fan in during the run (on arrival, or again when its token expired).
 async fn log_in(crowd: &Crowd, api: &Api, account: usize) -> Option<String> {
-    let begun = Instant::now();
-    let request = crowd
-        .client
-        .post(format!("{}/api/v1/auth/login", api.http))
-        .json(&json!({
-            "email": crate::fans::email(account), "password": crate::fans::PASSWORD,
-        }));
     let Ok(_permit) = crowd.in_flight.acquire().await else {
         return None;
     };
+    match sign_in(&crowd.client, &api.http, account).await {
+        Ok((token, took)) => {
+            crowd.tally(|tally| tally.login.record(took));
+            Some(token)
+        }
+        Err(what) => {
+            crowd.error(&what);
+            None
+        }
+    }
+}
+
+/// Logs fan `account` in at `api` (base URL): its access token and how long that took, or
+/// what failed.
+pub async fn sign_in(client: &reqwest::Client, api: &str, account: usize) -> Result<(String, Duration), String> {
+    let begun = Instant::now();
+    let request = client.post(format!("{api}/api/v1/auth/login")).json(&json!({
+        "email": crate::fans::email(account), "password": crate::fans::PASSWORD,
+    }));
     match send(request).await {
-        Ok((200, body)) => {
-            crowd.tally(|tally| tally.login.record(begun.elapsed()));
-            body["access_token"].as_str().map(str::to_owned)
-        }
-        Ok((status, _)) => {
-            crowd.error(&format!("login {status}"));
-            None
-        }
-        Err(_) => {
-            crowd.error("transport");
-            None
-        }
+        Ok((200, body)) => body["access_token"]
+            .as_str()
+            .map(|token| (token.to_owned(), begun.elapsed()))
+            .ok_or_else(|| "login without a token".to_owned()),
+        Ok((status, _)) => Err(format!("login {status}")),
+        Err(_) => Err("transport".to_owned()),
     }
 }
 
@@ -455,10 +575,13 @@ async fn wait_for_admission(fan: &mut Fan<'_>) -> Result<String, End> {
                         continue;
                     }
                     Some(Ok(_)) => continue,
-                    // Closed (an ingress restarting, say): carry on by polling.
+                    // Closed (an ingress killed or restarting, say): reconnect and check the
+                    // place at once.
                     _ => {
                         crowd.error("websocket closed while waiting");
                         fan.socket = None;
+                        fan.reconnect().await;
+                        next_poll = Instant::now();
                         continue;
                     }
                 },
@@ -478,18 +601,25 @@ async fn wait_for_admission(fan: &mut Fan<'_>) -> Result<String, End> {
                 }
             }
             (200, Some("sold_out" | "closed")) => return Err(End::SoldOutWhileWaiting),
-            (200, _) => {}
+            (200, _) => {
+                // Whatever happened to the fan's ingress, its place is the one it joined with.
+                let number = body["number"].as_u64();
+                if fan.number.is_some() && number.is_some() && number != fan.number {
+                    crowd.tally(|tally| tally.places_lost += 1);
+                }
+            }
             (status, _) => crowd.error(&format!("queue status {status}")),
         }
         // Without an ETA (the pre-queue, a paused room) a client has no reason to hurry; with
-        // one it checks back at half of it. Either way well inside the room's 30 s heartbeat
-        // grace, with jitter so that fans who joined together do not poll together.
+        // one it checks back at half of it. Either way inside the room's 30 s heartbeat grace
+        // (20 s at most, plus a fifth of jitter), and jittered so that fans who joined together
+        // do not poll together.
         let every = match (fan.socket.is_some(), body["eta_seconds"].as_f64()) {
             (true, _) => 15.0,
-            (false, Some(eta)) => (eta / 2.0).clamp(2.0, 15.0),
-            (false, None) => 10.0,
+            (false, Some(eta)) => (eta / 2.0).clamp(2.0, 20.0),
+            (false, None) => 15.0,
         };
-        let jitter = (Instant::now().elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
+        let jitter = (fan.rng.next_u64() >> 11) as f64 / (1_u64 << 53) as f64;
         next_poll = Instant::now() + Duration::from_secs_f64(every * (0.8 + 0.4 * jitter));
     }
 }
@@ -755,6 +885,7 @@ mod tests {
 
     fn behaviour() -> Behaviour {
         Behaviour {
+            signed_in_share: 0.9,
             websocket_share: 0.5,
             hot_share: 0.2,
             adjacent_share: 0.5,
@@ -816,6 +947,7 @@ mod tests {
         let share = |f: fn(&Plan) -> bool| a.iter().filter(|plan| f(plan)).count() as f64 / a.len() as f64;
         assert!((share(|plan| plan.abandon) - 0.1).abs() < 0.02);
         assert!((share(|plan| plan.websocket) - 0.5).abs() < 0.03);
+        assert!((share(|plan| plan.signed_in) - 0.9).abs() < 0.02);
         assert!(a.iter().all(|plan| (1..=6).contains(&plan.quantity)));
         assert!(
             a.iter()

@@ -51,8 +51,9 @@ use crate::{
 #[command(name = "flash-sale")]
 pub struct FlashArgs {
     /// The API's base URL; repeat (or separate with commas) for several ingress replicas: fans
-    /// are spread over them.
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    /// are spread over them. Default: every ingress with a pid file in `--run-dir` (all the
+    /// replicas `scripts/up --replicas N` started), else `http://127.0.0.1:8080`.
+    #[arg(long, value_delimiter = ',')]
     pub api: Vec<String>,
     /// The admin account that creates the show (default: `.run/env`, then the environment).
     #[arg(long, env = "FLOODGATE_ADMIN_EMAIL")]
@@ -111,6 +112,10 @@ pub struct FlashArgs {
     /// Tickets one fan may buy.
     #[arg(long, default_value_t = 6)]
     pub max_tickets: u32,
+    /// Share of fans signed in before the pre-queue opens, as most fans of a big on-sale are
+    /// (the others log in when they arrive, in the rush).
+    #[arg(long, default_value_t = 0.9)]
+    pub signed_in_share: f64,
     /// Share of fans watching the room over a WebSocket (the others poll). Default: every fan,
     /// or as many as the open-file limits of this process and of the ingress replicas allow.
     #[arg(long)]
@@ -143,11 +148,12 @@ pub struct FlashArgs {
     #[arg(long, default_value_t = 600)]
     pub sale_timeout_seconds: u64,
     /// After the last fan: how long the system may take to settle (payments, e-mails).
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 300)]
     pub settle_seconds: u64,
     /// Faults during the sale: kill -9 the active booking-worker (needs a standby:
     /// `scripts/up --workers 2`), restart the payment-worker and the notifier, pause the
-    /// admission controller.
+    /// admission controller; with replicas (`scripts/up --replicas 2`) also kill -9 one
+    /// ingress and the admission controller holding the show's lease.
     #[arg(long)]
     pub chaos: bool,
     /// Seed of the fans' behaviour.
@@ -171,10 +177,75 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// True when the audit found nothing wrong.
+    /// True when the audit found nothing wrong and no fan lost its place in the queue.
     pub fn passed(&self) -> bool {
-        self.report.audit.passed()
+        self.report.audit.passed() && self.report.places_lost == 0
     }
+}
+
+/// The public API of every ingress of the deployment in `run_dir`, or the default one.
+fn local_apis(run_dir: &std::path::Path) -> Vec<String> {
+    let found: Vec<String> = chaos::Deployment::discover(run_dir)
+        .map(|deployment| {
+            deployment
+                .processes()
+                .into_iter()
+                .filter_map(|process| process.api_url)
+                .collect()
+        })
+        .unwrap_or_default();
+    if found.is_empty() {
+        vec![format!("http://127.0.0.1:{}", common::config::defaults::API_PORT)]
+    } else {
+        found
+    }
+}
+
+/// What signing fans in ahead of the pre-queue measured.
+struct SigningIn {
+    latency: crate::report::Latency,
+    /// Failures by what failed (those fans log in again on arrival).
+    errors: BTreeMap<String, u64>,
+}
+
+/// Logs in the fans whose plan says they are signed in before the sale, a few at a time (the
+/// minutes before an on-sale, compressed), each at the API its visit will use. Returns their
+/// access tokens by account.
+async fn sign_in_ahead(
+    client: &reqwest::Client,
+    apis: &[String],
+    plans: &[fan::Plan],
+    progress: &MultiProgress,
+) -> (std::collections::HashMap<usize, String>, SigningIn) {
+    let accounts: Vec<usize> = plans
+        .iter()
+        .filter(|plan| plan.signed_in)
+        .map(|plan| plan.account)
+        .collect();
+    let signing = progress.add(bar(accounts.len(), "signing in"));
+    let mut tokens = std::collections::HashMap::with_capacity(accounts.len());
+    let mut measured = SigningIn {
+        latency: crate::report::Latency::default(),
+        errors: BTreeMap::new(),
+    };
+    let mut answers = futures::stream::iter(accounts)
+        .map(|account| async move {
+            let api = &apis[account % apis.len()];
+            (account, fan::sign_in(client, api.trim_end_matches('/'), account).await)
+        })
+        .buffer_unordered(SIGN_IN_CONCURRENCY);
+    while let Some((account, answer)) = answers.next().await {
+        signing.inc(1);
+        match answer {
+            Ok((token, took)) => {
+                measured.latency.record(took);
+                tokens.insert(account, token);
+            }
+            Err(what) => *measured.errors.entry(format!("sign-in ahead: {what}")).or_default() += 1,
+        }
+    }
+    signing.finish_and_clear();
+    (tokens, measured)
 }
 
 /// A fault chaos mode caused, for the report and the charts.
@@ -211,7 +282,10 @@ fn settings(args: &FlashArgs) -> Settings {
 
 /// Runs the rehearsal and writes its report. Errors are failures to run it at all; a finished
 /// run whose audit found violations is an `Ok` whose [`Outcome::passed`] is false.
-pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
+pub async fn run(mut args: FlashArgs) -> anyhow::Result<Outcome> {
+    if args.api.is_empty() {
+        args.api = local_apis(&args.run_dir);
+    }
     validate(&args)?;
     let settings = settings(&args);
     let open_files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
@@ -229,6 +303,34 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
     let seeding = progress.add(bar(args.fans, "accounts"));
     crate::fans::ensure_accounts(&settings.database_url, args.first_fan, args.fans).await?;
     seeding.finish_and_clear();
+
+    let websocket_share = args.websocket_share.unwrap_or_else(|| {
+        // Each WebSocket is a file here and in ingress: keep a reserve for HTTP connections.
+        let here = open_files.saturating_sub(HTTP_IN_FLIGHT as u64 + 500) as f64;
+        let there = 18_000.0 * args.api.len() as f64;
+        (here.min(there) / args.fans.max(1) as f64).min(1.0)
+    });
+    let behaviour = Behaviour {
+        signed_in_share: args.signed_in_share,
+        websocket_share,
+        hot_share: args.hot_share,
+        adjacent_share: args.adjacent_share,
+        abandon_share: args.abandon_share,
+        decline_share: args.decline_share,
+        cancel_share: args.cancel_share,
+        think_seconds: args.think_seconds,
+        max_quantity: args.max_tickets,
+    };
+    let plans = fan::plans(
+        args.fans,
+        args.first_fan,
+        Duration::from_secs(args.prequeue_seconds),
+        Duration::from_secs(args.arrival_seconds),
+        args.before_share,
+        &behaviour,
+        args.seed,
+    );
+    let (mut tokens, signing_in) = sign_in_ahead(&client, &args.api, &plans, &progress).await;
 
     let show = create_show(&admin, &args).await?;
     // Second 0 of every figure and chart: the pre-queue opening.
@@ -252,31 +354,6 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
     let keys = Keys::new(&args.redis_key_prefix, show);
     let listener = listen_serving(&settings.redis_url, &keys, Arc::clone(&served), Arc::clone(&served_log)).await?;
 
-    let websocket_share = args.websocket_share.unwrap_or_else(|| {
-        // Each WebSocket is a file here and in ingress: keep a reserve for HTTP connections.
-        let here = open_files.saturating_sub(HTTP_IN_FLIGHT as u64 + 500) as f64;
-        let there = 18_000.0 * args.api.len() as f64;
-        (here.min(there) / args.fans.max(1) as f64).min(1.0)
-    });
-    let behaviour = Behaviour {
-        websocket_share,
-        hot_share: args.hot_share,
-        adjacent_share: args.adjacent_share,
-        abandon_share: args.abandon_share,
-        decline_share: args.decline_share,
-        cancel_share: args.cancel_share,
-        think_seconds: args.think_seconds,
-        max_quantity: args.max_tickets,
-    };
-    let plans = fan::plans(
-        args.fans,
-        args.first_fan,
-        Duration::from_secs(args.prequeue_seconds),
-        Duration::from_secs(args.arrival_seconds),
-        args.before_share,
-        &behaviour,
-        args.seed,
-    );
     let deadline = on_sale + Duration::from_secs(args.sale_timeout_seconds);
     let crowd = Arc::new(Crowd {
         client: client.clone(),
@@ -289,6 +366,10 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
         sources: args.sources,
         deadline,
         in_flight: tokio::sync::Semaphore::new(HTTP_IN_FLIGHT),
+    });
+    crowd.tally(|tally| {
+        tally.login = signing_in.latency;
+        tally.errors = signing_in.errors;
     });
 
     // The sampler and, in chaos mode, the faults.
@@ -330,7 +411,8 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
         let at = (created + plan.arrival).max(start);
         tokio::time::sleep_until(at.into()).await;
         arrived.inc(1);
-        visits.push(tokio::spawn(fan::visit(Arc::clone(&crowd), plan)));
+        let token = tokens.remove(&plan.account);
+        visits.push(tokio::spawn(fan::visit(Arc::clone(&crowd), plan, token)));
         // Reap finished fans as we go, so their memory goes back.
         while let Some(Some(_)) = futures::FutureExt::now_or_never(visits.next()) {
             done.inc(1);
@@ -446,6 +528,7 @@ pub async fn run(args: FlashArgs) -> anyhow::Result<Outcome> {
 fn validate(args: &FlashArgs) -> anyhow::Result<()> {
     let shares = [
         ("--before-share", args.before_share),
+        ("--signed-in-share", args.signed_in_share),
         ("--hot-share", args.hot_share),
         ("--adjacent-share", args.adjacent_share),
         ("--abandon-share", args.abandon_share),
@@ -648,18 +731,36 @@ async fn chaos_schedule(
     timeline: Arc<Timeline>,
     faults: Arc<Mutex<Vec<FaultMark>>>,
 ) {
-    #[derive(Clone, Copy)]
+    #[derive(Clone)]
     enum Fault {
         Pause,
         KillWriter,
+        KillIngress(String),
+        KillLeaseHolder,
         Restart(&'static str),
     }
-    let schedule = [
-        (0.05, Fault::Pause),
+    // With replicas (`scripts/up --replicas N`), one ingress and the lease holder are killed
+    // too: fans must carry on through the other ingress, and another controller must take
+    // the lease.
+    let processes = chaos::Deployment::discover(&run_dir)
+        .map(|deployment| deployment.processes())
+        .unwrap_or_default();
+    let replicas = |role: &str| processes.iter().filter(|process| process.role == role).count();
+    let mut schedule = vec![(0.05, Fault::Pause)];
+    if replicas("ingress") > 1 {
+        let last = processes.iter().rev().find(|process| process.role == "ingress");
+        if let Some(ingress) = last {
+            schedule.push((0.10, Fault::KillIngress(ingress.name.clone())));
+        }
+    }
+    if replicas("waiting-room") > 1 {
+        schedule.push((0.15, Fault::KillLeaseHolder));
+    }
+    schedule.extend([
         (0.20, Fault::KillWriter),
         (0.35, Fault::Restart("payment-worker")),
         (0.50, Fault::Restart("notifier")),
-    ];
+    ]);
     for (share, fault) in schedule {
         while (taken.load(Ordering::Relaxed) as f64) < share * seats as f64 {
             if crowd_gone.load(Ordering::Relaxed) {
@@ -691,6 +792,8 @@ async fn chaos_schedule(
                     .await
             }
             Fault::KillWriter => deployment.kill_active_booking_worker(show).await,
+            Fault::KillIngress(name) => deployment.kill_ingress(&name).await,
+            Fault::KillLeaseHolder => deployment.kill_lease_holder(show).await,
             Fault::Restart(name) => deployment.restart(name).await,
         };
         match result {
@@ -716,6 +819,9 @@ async fn chaos_schedule(
 /// ingress), and a load generator that opened one per waiting fan would measure its own
 /// connection storms rather than Floodgate.
 const HTTP_IN_FLIGHT: usize = 2_048;
+
+/// Logins in flight while fans sign in ahead of the sale (each commits a session row).
+const SIGN_IN_CONCURRENCY: usize = 64;
 
 /// Background tasks of a run, stopped however the run ends.
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);

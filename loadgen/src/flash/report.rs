@@ -105,6 +105,12 @@ pub struct Report {
     /// Fans who got no ticket (not admitted, sold out while waiting, refused, failed).
     pub got_nothing: u64,
     pub websockets_opened: u64,
+    /// WebSockets opened again after closing under their fan (an ingress killed, say).
+    pub websocket_reconnects: u64,
+    /// Times a fan moved to another ingress because its own stopped answering.
+    pub failovers: u64,
+    /// Fans whose queue number changed while they waited: must be 0.
+    pub places_lost: u64,
     /// CPU and memory of each Floodgate process.
     pub processes: BTreeMap<String, ProcessUsage>,
     /// CPU by command over the rush, every process on the machine (cores).
@@ -213,6 +219,9 @@ impl Report {
             got_nothing: got_nothing(&tally.ends),
             ends: tally.ends,
             websockets_opened: tally.websockets,
+            websocket_reconnects: tally.websocket_reconnects,
+            failovers: tally.failovers,
+            places_lost: tally.places_lost,
             processes: timeline.usage(),
             machine_cpu,
             faults,
@@ -258,6 +267,13 @@ impl Report {
         );
         let verdict = if self.audit.passed() { "passed" } else { "**FAILED**" };
         let _ = writeln!(md, "Audit: {verdict}.\n");
+        if self.places_lost > 0 {
+            let _ = writeln!(
+                md,
+                "**{} fans lost their place in the queue** (their queue number changed while they waited).\n",
+                self.places_lost
+            );
+        }
         let _ = writeln!(md, "| figure | value |\n|---|---|");
         let row = |md: &mut String, name: &str, value: String| {
             let _ = writeln!(md, "| {name} | {value} |");
@@ -307,6 +323,16 @@ impl Report {
         );
         row(&mut md, "fans who got nothing", self.got_nothing.to_string());
         row(&mut md, "WebSockets opened", self.websockets_opened.to_string());
+        if self.failovers + self.websocket_reconnects + self.places_lost > 0 {
+            row(
+                &mut md,
+                "fail-overs to another ingress / WebSockets reconnected / places lost",
+                format!(
+                    "{} / {} / {}",
+                    self.failovers, self.websocket_reconnects, self.places_lost
+                ),
+            );
+        }
         let _ = writeln!(
             md,
             "\n| latency | count | p50 | p95 | p99 | max |\n|---|---|---|---|---|---|"

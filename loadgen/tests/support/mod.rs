@@ -46,6 +46,8 @@ pub struct Options {
     pub booking_workers: usize,
     /// Admission controllers (`waiting-room`, `waiting-room-1`, ...). Default 1.
     pub admission_controllers: usize,
+    /// Ingress replicas (`ingress`, `ingress-1`, ...), each with its own API port. Default 1.
+    pub ingresses: usize,
     /// Extra settings for every process (they win over the harness's).
     pub env: Vec<(String, String)>,
     /// Extra settings for the processes of one role (`notifier`, `booking-worker`, ...), as
@@ -58,6 +60,7 @@ impl Default for Options {
         Self {
             booking_workers: 2,
             admission_controllers: 1,
+            ingresses: 1,
             env: Vec::new(),
             process_env: Vec::new(),
         }
@@ -66,8 +69,11 @@ impl Default for Options {
 
 /// A running Floodgate.
 pub struct Floodgate {
-    /// The public API (`http://127.0.0.1:<port>`), without a trailing slash.
+    /// The public API (`http://127.0.0.1:<port>`) of the first ingress, without a trailing
+    /// slash.
     pub api_url: String,
+    /// The public API of every ingress replica, the first one first.
+    pub api_urls: Vec<String>,
     /// The first admin's e-mail (`FLOODGATE_ADMIN_EMAIL`).
     pub admin_email: String,
     /// Its password.
@@ -122,11 +128,20 @@ impl Floodgate {
 
         let workers = options.booking_workers;
         let controllers = options.admission_controllers;
-        // api, smtp, gateway, then one admin port per ingress, controller, worker, payment, notifier.
-        let mut ports = free_ports(3 + 1 + controllers + workers + 2).into_iter();
+        let ingresses = options.ingresses.max(1);
+        // smtp, gateway, an API port per ingress, then one admin port per ingress, controller,
+        // worker, payment, notifier.
+        let mut ports = free_ports(2 + 2 * ingresses + controllers + workers + 2).into_iter();
         let mut next = || ports.next().expect("enough ports were reserved");
-        let (api_port, smtp_port, gateway_port) = (next(), next(), next());
-        let mut admin_ports: Vec<(String, &'static str, u16)> = vec![("ingress".into(), "ingress", next())];
+        let (smtp_port, gateway_port) = (next(), next());
+        let api_ports: Vec<u16> = (0..ingresses).map(|_| next()).collect();
+        let mut admin_ports: Vec<(String, &'static str, u16)> = Vec::new();
+        let mut api_listen = BTreeMap::new();
+        for (i, api_port) in api_ports.iter().enumerate() {
+            let name = instance_name("ingress", i);
+            api_listen.insert(name.clone(), format!("127.0.0.1:{api_port}"));
+            admin_ports.push((name, "ingress", next()));
+        }
         for i in 0..controllers {
             admin_ports.push((instance_name("waiting-room", i), "waiting-room", next()));
         }
@@ -136,7 +151,11 @@ impl Floodgate {
         admin_ports.push(("payment-worker".into(), "payment-worker", next()));
         admin_ports.push(("notifier".into(), "notifier", next()));
 
-        let api_url = format!("http://127.0.0.1:{api_port}");
+        let api_urls: Vec<String> = api_ports
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect();
+        let api_url = api_urls[0].clone();
         let gateway_url = format!("http://127.0.0.1:{gateway_port}");
         let smtp_url = format!("smtp://127.0.0.1:{smtp_port}");
         let secret = || uuid::Uuid::new_v4().simple().to_string();
@@ -174,6 +193,7 @@ impl Floodgate {
 
         let mut floodgate = Self {
             api_url,
+            api_urls,
             admin_email,
             admin_password,
             database_url: database.url().to_owned(),
@@ -203,7 +223,6 @@ impl Floodgate {
 
         // From here on a panic drops `floodgate`, which stops what started and cleans up.
         let started = Instant::now();
-        let api_listen = format!("127.0.0.1:{api_port}");
         let own = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
             pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
         };
@@ -242,7 +261,7 @@ impl Floodgate {
             let env = match *role {
                 "ingress" => own(&[
                     admin,
-                    ("API_LISTEN", api_listen.clone()),
+                    ("API_LISTEN", api_listen[name].clone()),
                     // TestDatabase applied the migrations.
                     ("MIGRATE_ON_START", "false".into()),
                     ("DATABASE_MAX_CONNECTIONS", "8".into()),

@@ -291,7 +291,11 @@ pub async fn run(mut args: FlashArgs) -> anyhow::Result<Outcome> {
     let open_files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
     // Connections are pooled and reused (no idle cap); how many requests are in flight at once
     // is the crowd's semaphore's business.
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    // Idle connections are files too: at most the in-flight bound of them, over all replicas.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(HTTP_IN_FLIGHT / args.api.len().max(1))
+        .build()?;
     let admin = admin(&client, &args).await?;
     let progress = if args.quiet {
         MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
@@ -305,8 +309,10 @@ pub async fn run(mut args: FlashArgs) -> anyhow::Result<Outcome> {
     seeding.finish_and_clear();
 
     let websocket_share = args.websocket_share.unwrap_or_else(|| {
-        // Each WebSocket is a file here and in ingress: keep a reserve for HTTP connections.
-        let here = open_files.saturating_sub(HTTP_IN_FLIGHT as u64 + 500) as f64;
+        // Each WebSocket is a file here and in ingress: keep a reserve for HTTP connections
+        // (those in flight, as many idle in the pool) and for everything else (the sampler,
+        // chaos, the audit).
+        let here = open_files.saturating_sub(2 * HTTP_IN_FLIGHT as u64 + 1_000) as f64;
         let there = 18_000.0 * args.api.len() as f64;
         (here.min(there) / args.fans.max(1) as f64).min(1.0)
     });
@@ -742,9 +748,19 @@ async fn chaos_schedule(
     // With replicas (`scripts/up --replicas N`), one ingress and the lease holder are killed
     // too: fans must carry on through the other ingress, and another controller must take
     // the lease.
-    let processes = chaos::Deployment::discover(&run_dir)
-        .map(|deployment| deployment.processes())
-        .unwrap_or_default();
+    // Found once, before the crowd takes this process's files: the faults need no new ones.
+    let deployment = match chaos::Deployment::discover(&run_dir) {
+        Ok(deployment) => deployment,
+        Err(err) => {
+            tracing::error!(error = %err, "chaos: cannot find the deployment's processes");
+            faults.lock().expect("not poisoned").push(FaultMark {
+                at: timeline.offset(Instant::now()),
+                what: format!("FAILED to find the deployment's processes: {err:#}"),
+            });
+            return;
+        }
+    };
+    let processes = deployment.processes();
     let replicas = |role: &str| processes.iter().filter(|process| process.role == role).count();
     let mut schedule = vec![(0.05, Fault::Pause)];
     if replicas("ingress") > 1 {
@@ -777,13 +793,6 @@ async fn chaos_schedule(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let deployment = match chaos::Deployment::discover(&run_dir) {
-            Ok(deployment) => deployment,
-            Err(err) => {
-                tracing::error!(error = %err, "chaos: cannot find the deployment's processes");
-                return;
-            }
-        };
         let begun = Instant::now();
         let result = match fault {
             Fault::Pause => {

@@ -272,7 +272,7 @@ async fn consume_into(
             Ok(Some(age)) => {
                 head = Some((age, tokio::time::Instant::now()));
                 metrics::oldest_message_age(show, age);
-                report_lag(context, show, age).await;
+                report_lag(context, show, age);
             }
             Ok(None) => {}
             Err(stop) => return stop,
@@ -281,14 +281,19 @@ async fn consume_into(
 }
 
 /// Tells the admission controller how far behind the show's queue this writer is (the age of
-/// its latest batch's oldest command), so that it admits fewer fans while commands pile up. A
-/// lost report only leaves the previous one to age out.
-async fn report_lag(context: &Context, show: ShowId, age_seconds: f64) {
+/// its latest batch's oldest command), so that it admits fewer fans while commands pile up.
+/// Sent in the background: the batch loop never waits on it (a slow Redis would otherwise slow
+/// the writer by up to its response timeout per batch), and a lost report only leaves the
+/// previous one to age out.
+fn report_lag(context: &Context, show: ShowId, age_seconds: f64) {
     let keys = availability::Keys::new(&context.redis_prefix, show);
     let lag_ms = (age_seconds * 1000.0).round() as u64;
-    if let Err(err) = availability::report_lag(&mut context.redis.clone(), &keys, lag_ms).await {
-        tracing::debug!(%show, error = %err, "cannot report the writer's lag");
-    }
+    let mut redis = context.redis.clone();
+    tokio::spawn(async move {
+        if let Err(err) = availability::report_lag(&mut redis, &keys, lag_ms).await {
+            tracing::debug!(%show, error = %err, "cannot report the writer's lag");
+        }
+    });
 }
 
 /// Ready messages in the show's queue, for the depth gauge (a passive declare: no side

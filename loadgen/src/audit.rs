@@ -11,7 +11,9 @@
 //! 6. [`name::TICKETS_PER_SEAT`]: exactly one valid ticket per seat of a confirmed booking.
 //! 7. [`name::ONE_CONFIRMATION_EMAIL`]: exactly one booking-confirmed e-mail per confirmed booking.
 //! 8. [`name::PREQUEUE_ORDER`]: the pre-queue was numbered in the order the revealed seed gives.
-//! 9. [`name::ADMISSION_ORDER`]: no fan was admitted before the serving number reached it.
+//! 9. [`name::ADMISSION_ORDER`]: the room's admission log (written by the admitter's Lua script,
+//!    stamped with Redis time) passed places in strictly increasing queue-number order, and every
+//!    admission a fan was told of is in that log with the fan's number.
 //!
 //! Every database check reads one REPEATABLE READ snapshot, with one set-based statement (or two)
 //! per check, so a show of 50,000 seats and 30,000 bookings audits in seconds. A violation names
@@ -27,7 +29,6 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Write as _,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -37,6 +38,7 @@ use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
 use waiting_room::{
     keys::Keys,
+    room::AdmissionRecord,
     shuffle::{self, Seed},
 };
 
@@ -81,8 +83,9 @@ pub struct Sources {
     pub mail_dir: Option<PathBuf>,
     /// The waiting room's Redis; `None`: the pre-queue check is skipped.
     pub room: Option<RoomSources>,
-    /// What the load generator saw of admissions; `None`: the admission-order check is skipped.
-    pub admissions: Option<Admissions>,
+    /// The admissions fans were told of (admission tokens received); each must be in the room's
+    /// admission log. Empty: only the log's own order is checked.
+    pub admissions: Vec<Admitted>,
 }
 
 /// Where the waiting room of the show lives.
@@ -94,39 +97,13 @@ pub struct RoomSources {
     pub key_prefix: String,
 }
 
-/// Admissions as the load generator observed them, on one clock: `at` values are offsets from
-/// one origin the observer chose (for instance when it subscribed to the serving channel).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Admissions {
-    /// Serving numbers as published on the room's channel, when each was first seen.
-    pub serving: Vec<ServingSeen>,
-    /// Every `admitted` message a fan received.
-    pub admitted: Vec<Admitted>,
-    /// How late the observer may hear a serving number compared with an `admitted` message
-    /// caused by it: both travel through Redis pub/sub, but on different sockets and tasks of a
-    /// busy load generator, so the `admitted` message may be read first. A serving number seen
-    /// up to this long after an admission still counts as published before it.
-    pub tolerance: Duration,
-}
-
-/// A serving number published by the admitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServingSeen {
-    /// When the observer first saw it.
-    pub at: Duration,
-    /// The highest queue number admitted so far.
-    pub serving: u64,
-}
-
-/// A fan's `admitted` message.
+/// An admission a fan was told of: the user and queue number its admission token binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Admitted {
     /// The fan.
     pub user: UserId,
     /// The fan's queue number.
     pub number: u64,
-    /// When the message arrived.
-    pub at: Duration,
 }
 
 /// The gateway simulator's ledger (`GET /v1/_ledger`): every charge taken and refund paid.
@@ -357,14 +334,17 @@ pub async fn run(sources: &Sources) -> anyhow::Result<Report> {
     tx.rollback().await?;
     connection.close().await.ok();
 
-    checks.push(match &sources.room {
-        Some(room) => judge_prequeue(&room_facts(room, show).await?),
-        None => Check::new(name::PREQUEUE_ORDER, PREQUEUE_ORDER).skip("no waiting-room Redis"),
-    });
-    checks.push(match &sources.admissions {
-        Some(admissions) => judge_admissions(admissions),
-        None => Check::new(name::ADMISSION_ORDER, ADMISSION_ORDER).skip("no admissions observed"),
-    });
+    match &sources.room {
+        Some(room) => {
+            let facts = room_facts(room, show).await?;
+            checks.push(judge_prequeue(&facts));
+            checks.push(judge_admissions(&facts.admission_log, &sources.admissions));
+        }
+        None => {
+            checks.push(Check::new(name::PREQUEUE_ORDER, PREQUEUE_ORDER).skip("no waiting-room Redis"));
+            checks.push(Check::new(name::ADMISSION_ORDER, ADMISSION_ORDER).skip("no waiting-room Redis"));
+        }
+    }
     Ok(Report { checks })
 }
 
@@ -1065,6 +1045,8 @@ struct RoomFacts {
     stored_seed: Option<String>,
     /// Fans and their numbers: the waiting queue's entries, then the admitted hash's.
     numbered: Vec<(String, u64)>,
+    /// Every place the admitter passed, in the order it passed them.
+    admission_log: Vec<AdmissionRecord>,
 }
 
 async fn room_facts(room: &RoomSources, show: ShowId) -> anyhow::Result<RoomFacts> {
@@ -1092,10 +1074,18 @@ async fn room_facts(room: &RoomSources, show: ShowId) -> anyhow::Result<RoomFact
             (number <= numbered_up_to).then_some((user, number))
         }));
     }
+    let redis = waiting_room::room::connect(&room.redis_url)
+        .await
+        .context("cannot connect to Redis")?;
+    let admission_log = waiting_room::WaitingRoom::new(redis, room.key_prefix.clone())
+        .admission_log(show)
+        .await
+        .context("cannot read the admission log")?;
     Ok(RoomFacts {
         cfg,
         stored_seed,
         numbered,
+        admission_log,
     })
 }
 
@@ -1213,48 +1203,46 @@ fn judge_prequeue(room: &RoomFacts) -> Check {
 // ---------------------------------------------------------------------------------------------
 // 9. Admission order
 
-const ADMISSION_ORDER: &str = "No fan was told it was admitted before the serving number published by then (within the \
-     observer's tolerance) had reached its queue number, and no queue number was admitted for two fans.";
+const ADMISSION_ORDER: &str = "The room's admission log passed places in strictly increasing queue-number order (so no \
+     number was admitted twice and nobody was let in ahead of an earlier number still waiting), \
+     and every admission a fan was told of is in the log, for that fan and number.";
 
-fn judge_admissions(admissions: &Admissions) -> Check {
+fn judge_admissions(log: &[AdmissionRecord], told: &[Admitted]) -> Check {
     let mut check = Check::new(name::ADMISSION_ORDER, ADMISSION_ORDER);
-    if admissions.admitted.is_empty() {
-        return check.skip("no fan was admitted while observed");
+    if log.is_empty() && told.is_empty() {
+        return check.skip("nobody was admitted");
     }
-    check.checked = admissions.admitted.len() as u64;
-    // Highest serving number published up to each observation time.
-    let mut timeline: Vec<ServingSeen> = admissions.serving.clone();
-    timeline.sort_by_key(|seen| seen.at);
-    let mut highest = 0;
-    for seen in &mut timeline {
-        highest = highest.max(seen.serving);
-        seen.serving = highest;
-    }
-    let serving_by = |at: Duration| {
-        let published = timeline.partition_point(|seen| seen.at <= at);
-        published.checked_sub(1).map_or(0, |last| timeline[last].serving)
-    };
-    let mut admitted = admissions.admitted.clone();
-    admitted.sort_by_key(|fan| (fan.at, fan.number));
-    let mut holders: BTreeMap<u64, BTreeSet<UserId>> = BTreeMap::new();
-    for fan in &admitted {
-        holders.entry(fan.number).or_default().insert(fan.user);
-        let serving = serving_by(fan.at + admissions.tolerance);
-        if fan.number > serving {
+    check.checked = (log.len() + told.len()) as u64;
+    let verb = |record: &AdmissionRecord| if record.admitted { "admitted" } else { "skipped" };
+    for pair in log.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        if after.number <= before.number {
             check.violations.push(format!(
-                "user {} (number {}) was admitted at {:.3} s, when the serving number was {serving}",
-                fan.user,
-                fan.number,
-                fan.at.as_secs_f64()
+                "number {} (user {}) was {} at log entry {}, after number {} (user {}) was {} at {}",
+                after.number,
+                after.user,
+                verb(after),
+                after.id,
+                before.number,
+                before.user,
+                verb(before),
+                before.id
             ));
         }
     }
-    for (number, users) in holders.iter().filter(|(_, users)| users.len() > 1) {
-        let users: Vec<String> = users.iter().map(ToString::to_string).collect();
-        check.violations.push(format!(
-            "queue number {number} was admitted for users {}",
-            users.join(", ")
-        ));
+    let logged: BTreeSet<(&str, u64)> = log
+        .iter()
+        .filter(|record| record.admitted)
+        .map(|record| (record.user.as_str(), record.number))
+        .collect();
+    for fan in told {
+        let user = fan.user.to_string();
+        if !logged.contains(&(user.as_str(), fan.number)) {
+            check.violations.push(format!(
+                "user {user} was admitted with number {}, which the room's admission log does not record for them",
+                fan.number
+            ));
+        }
     }
     check
 }
@@ -1541,6 +1529,7 @@ mod tests {
             .collect(),
             stored_seed: Some(seed.to_hex()),
             numbered,
+            admission_log: Vec::new(),
         }
     }
 
@@ -1583,38 +1572,46 @@ mod tests {
     }
 
     #[test]
-    fn a_fan_admitted_before_its_number_was_served_is_out_of_turn() {
-        let ms = Duration::from_millis;
-        let fan = |number, at| Admitted {
-            user: UserId::new(),
+    fn a_log_out_of_queue_order_and_an_admission_missing_from_it_are_reported() {
+        let record = |number: u64, user: UserId, admitted| AdmissionRecord {
+            id: format!("{}-0", 1_000 + number),
+            at_ms: 1_000 + number,
             number,
-            at: ms(at),
+            user: user.to_string(),
+            admitted,
         };
-        let early = fan(7, 150);
-        let admissions = Admissions {
-            serving: vec![
-                ServingSeen {
-                    at: ms(100),
-                    serving: 5,
-                },
-                ServingSeen { at: ms(0), serving: 2 },
-                ServingSeen {
-                    at: ms(200),
-                    serving: 8,
-                },
-            ],
-            // Fan 3 is read 5 ms before serving 5 is: within the tolerance.
-            admitted: vec![fan(1, 10), fan(3, 95), early, fan(8, 201)],
-            tolerance: ms(10),
-        };
-        let check = judge_admissions(&admissions);
-        assert_eq!(check.checked, 4);
+        let users: Vec<UserId> = (0..5).map(|_| UserId::new()).collect();
+        // Number 2 was skipped (its fan had gone quiet).
+        let in_order: Vec<AdmissionRecord> = (0..4).map(|i| record(i as u64 + 1, users[i], i != 1)).collect();
+        let told = |i: usize, number| Admitted { user: users[i], number };
+        assert!(judge_admissions(&in_order, &[told(0, 1), told(2, 3)]).passed());
+
+        // Number 5 let in ahead of number 3; a fan told of an admission the log never made; a
+        // skipped place is no admission either.
+        let jumped = vec![
+            in_order[0].clone(),
+            in_order[1].clone(),
+            record(5, users[4], true),
+            in_order[2].clone(),
+        ];
+        let check = judge_admissions(&jumped, &[told(0, 1), told(3, 4), told(1, 2)]);
+        assert_eq!(check.checked, 7);
         assert_eq!(
             check.violations,
-            [format!(
-                "user {} (number 7) was admitted at 0.150 s, when the serving number was 5",
-                early.user
-            )]
+            [
+                format!(
+                    "number 3 (user {}) was admitted at log entry 1003-0, after number 5 (user {}) was admitted at 1005-0",
+                    users[2], users[4]
+                ),
+                format!(
+                    "user {} was admitted with number 4, which the room's admission log does not record for them",
+                    users[3]
+                ),
+                format!(
+                    "user {} was admitted with number 2, which the room's admission log does not record for them",
+                    users[1]
+                ),
+            ]
         );
     }
 

@@ -9,7 +9,7 @@
 
 use std::{
     path::PathBuf,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use common::{
@@ -17,8 +17,7 @@ use common::{
     testing::TestDatabase,
 };
 use loadgen::audit::{
-    self, Admissions, Admitted, Ledger, LedgerCharge, LedgerMetadata, LedgerRefund, Report, RoomSources, ServingSeen,
-    Sources, name,
+    self, Admitted, Ledger, LedgerCharge, LedgerMetadata, LedgerRefund, Report, RoomSources, Sources, name,
 };
 use redis::AsyncCommands as _;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -55,7 +54,7 @@ struct Sale {
     prefix: String,
     /// Fans by queue number (index 0 = number 1).
     queue: Vec<UserId>,
-    admissions: Admissions,
+    admissions: Vec<Admitted>,
 }
 
 impl Sale {
@@ -166,6 +165,7 @@ impl Sale {
         let _: () = redis.set(&keys.seed, seed.to_hex()).await.expect("the seed");
         for (number, user) in (1_u64..).zip(&queue) {
             let _: () = if number <= 3 {
+                log_admission(&mut redis, &keys, number, *user).await;
                 redis.hset(&keys.admitted, user.to_string(), number).await
             } else {
                 redis.zadd(&keys.queue, user.to_string(), number).await
@@ -173,24 +173,12 @@ impl Sale {
             .expect("a numbered fan");
         }
         let _: () = redis.set(&keys.serving, 3).await.expect("the serving number");
-        let ms = Duration::from_millis;
-        let admissions = Admissions {
-            serving: vec![
-                ServingSeen { at: ms(0), serving: 0 },
-                ServingSeen {
-                    at: ms(100),
-                    serving: 3,
-                },
-            ],
-            admitted: (0..3)
-                .map(|i| Admitted {
-                    user: queue[i],
-                    number: i as u64 + 1,
-                    at: ms(95 + 5 * i as u64),
-                })
-                .collect(),
-            tolerance: ms(50),
-        };
+        let admissions = (0..3)
+            .map(|i| Admitted {
+                user: queue[i],
+                number: i as u64 + 1,
+            })
+            .collect();
 
         Self {
             db,
@@ -227,7 +215,7 @@ impl Sale {
                 redis_url: self.redis_url.clone(),
                 key_prefix: self.prefix.clone(),
             }),
-            admissions: Some(self.admissions.clone()),
+            admissions: self.admissions.clone(),
         })
         .await;
         let keys: Vec<String> = self.keys.all().iter().map(|key| (*key).to_owned()).collect();
@@ -473,14 +461,14 @@ async fn a_consistent_sale_passes_every_check() {
     let checked = |check: &str| report.check(check).map(|c| c.checked);
     // Seats 0-4 are held or sold; both confirmed bookings have tickets and one e-mail each; the
     // ledger's three charges are this show's (the fourth is another show's); eight fans were
-    // numbered by the shuffle and three admitted.
+    // numbered by the shuffle and three admitted (three log entries, three admission tokens).
     assert_eq!(checked(name::ONE_LIVE_BOOKING_PER_SEAT), Some(5));
     assert_eq!(checked(name::SEAT_COUNTS), Some(SEATS as u64));
     assert_eq!(checked(name::CHARGES_MATCHED), Some(3));
     assert_eq!(checked(name::TICKETS_PER_SEAT), Some(2));
     assert_eq!(checked(name::ONE_CONFIRMATION_EMAIL), Some(2));
     assert_eq!(checked(name::PREQUEUE_ORDER), Some(8));
-    assert_eq!(checked(name::ADMISSION_ORDER), Some(3));
+    assert_eq!(checked(name::ADMISSION_ORDER), Some(6));
 }
 
 #[tokio::test]
@@ -571,21 +559,53 @@ async fn a_prequeue_numbered_against_the_revealed_seed_is_reported() {
     assert_reported(&report, name::PREQUEUE_ORDER, &["pre-queue number 5", &fourth, &fifth]);
 }
 
+/// Appends an admission to the room's log, as the admitter's script does.
+async fn log_admission(redis: &mut redis::aio::MultiplexedConnection, keys: &Keys, number: u64, user: UserId) {
+    let _: String = redis::cmd("XADD")
+        .arg(&keys.admission_log)
+        .arg("*")
+        .arg(&[
+            ("n", number.to_string()),
+            ("u", user.to_string()),
+            ("o", "a".to_owned()),
+        ])
+        .query_async(redis)
+        .await
+        .expect("an admission logged");
+}
+
 #[tokio::test]
-async fn a_fan_admitted_before_its_turn_is_reported() {
+async fn a_fan_admitted_out_of_turn_is_reported() {
     let mut sale = Sale::seed().await;
-    // The bug: fan 5 heard it was admitted while the serving number was still 3.
+    // The bug: fan 5 got an admission token the admitter never gave it.
     let early = sale.queue[4];
-    sale.admissions.admitted.push(Admitted {
-        user: early,
-        number: 5,
-        at: Duration::from_millis(120),
+    sale.admissions.push(Admitted { user: early, number: 5 });
+    let report = sale.audit().await;
+    assert_reported(
+        &report,
+        name::ADMISSION_ORDER,
+        &[&early.to_string(), "number 5", "admission log does not record"],
+    );
+}
+
+#[tokio::test]
+async fn an_admission_log_out_of_queue_order_is_reported() {
+    let mut sale = Sale::seed().await;
+    // The bug: fan 5 was let in, then fan 4, who was ahead of it.
+    let (fourth, fifth) = (sale.queue[3], sale.queue[4]);
+    let (mut redis, keys) = (sale.redis.clone(), sale.keys.clone());
+    log_admission(&mut redis, &keys, 5, fifth).await;
+    log_admission(&mut redis, &keys, 4, fourth).await;
+    sale.admissions.push(Admitted { user: fifth, number: 5 });
+    sale.admissions.push(Admitted {
+        user: fourth,
+        number: 4,
     });
     let report = sale.audit().await;
     assert_reported(
         &report,
         name::ADMISSION_ORDER,
-        &[&early.to_string(), "number 5", "serving number was 3"],
+        &["number 4", &fourth.to_string(), "after number 5", &fifth.to_string()],
     );
 }
 

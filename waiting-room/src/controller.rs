@@ -277,6 +277,7 @@ impl Controller {
             .key(&keys.admitted)
             .key(&keys.heartbeat)
             .key(&keys.lease)
+            .key(&keys.admission_log)
             .arg(&self.lease_token)
             .arg(now_ms)
             .arg(budget)

@@ -22,6 +22,9 @@ pub struct Keys {
     pub admitted: String,
     /// Sorted set: fan → last sign of life (ms).
     pub heartbeat: String,
+    /// Stream: every place the admitter passed, in the order it passed them, stamped with Redis
+    /// time (the entry id): the room's fairness record ([`crate::room::AdmissionRecord`]).
+    pub admission_log: String,
     /// String: the admitting replica's lease token (the fencing value).
     pub lease: String,
     /// String: the secret shuffle seed, revealed into `cfg` at the on-sale.
@@ -43,6 +46,7 @@ impl Keys {
             active: key("active"),
             admitted: key("adm"),
             heartbeat: key("hb"),
+            admission_log: key("log"),
             lease: key("lease"),
             seed: key("seed"),
             channel: key("serving"),
@@ -50,7 +54,7 @@ impl Keys {
     }
 
     /// Every key (to delete a show's room).
-    pub fn all(&self) -> [&str; 10] {
+    pub fn all(&self) -> [&str; 11] {
         [
             &self.cfg,
             &self.pre,
@@ -60,6 +64,7 @@ impl Keys {
             &self.active,
             &self.admitted,
             &self.heartbeat,
+            &self.admission_log,
             &self.lease,
             &self.seed,
         ]

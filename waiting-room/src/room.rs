@@ -244,11 +244,73 @@ impl WaitingRoom {
         })
     }
 
+    /// The room's admission log: every place the admitter passed, oldest first. Read in pages, so
+    /// a log of 200,000 places never makes one huge reply.
+    pub async fn admission_log(&self, show: ShowId) -> Result<Vec<AdmissionRecord>, Unavailable> {
+        const PAGE: usize = 10_000;
+        let keys = self.keys(show);
+        let mut redis = self.redis.clone();
+        let mut records = Vec::new();
+        let mut start = "-".to_owned();
+        loop {
+            let page: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                .arg(&keys.admission_log)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut redis)
+                .await?;
+            let Some((last, _)) = page.last() else { break };
+            // Exclusive start: the next page begins after the last entry read.
+            start = format!("({last}");
+            let full = page.len() == PAGE;
+            records.extend(page.iter().map(|(id, fields)| AdmissionRecord::from_entry(id, fields)));
+            if !full {
+                break;
+            }
+        }
+        Ok(records)
+    }
+
     /// Checks that Redis answers (readiness).
     pub async fn ping(&self) -> Result<(), Unavailable> {
         let mut redis = self.redis.clone();
         let _: String = redis::cmd("PING").query_async(&mut redis).await?;
         Ok(())
+    }
+}
+
+/// One place the admitter passed, as its admission log recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionRecord {
+    /// The log entry's id (`<ms>-<seq>`, Redis time): its order in the log.
+    pub id: String,
+    /// When it was passed, Unix milliseconds (Redis's clock).
+    pub at_ms: u64,
+    /// The queue number.
+    pub number: u64,
+    /// The fan, as stored (a user id, unless the entry is malformed).
+    pub user: String,
+    /// Admitted (`true`) or skipped because the fan had gone quiet (`false`).
+    pub admitted: bool,
+}
+
+impl AdmissionRecord {
+    fn from_entry(id: &str, fields: &[String]) -> Self {
+        let field = |name: &str| {
+            fields
+                .chunks_exact(2)
+                .find(|pair| pair[0] == name)
+                .map(|pair| pair[1].as_str())
+        };
+        Self {
+            id: id.to_owned(),
+            at_ms: id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0),
+            number: field("n").and_then(|n| n.parse().ok()).unwrap_or(0),
+            user: field("u").unwrap_or_default().to_owned(),
+            admitted: field("o") == Some("a"),
+        }
     }
 }
 

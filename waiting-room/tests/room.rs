@@ -149,6 +149,10 @@ async fn fans_are_admitted_in_queue_order_at_the_configured_rate_and_never_beyon
         admitted += controller.tick_show(&show, now).await.unwrap().admitted;
     }
     assert_eq!(admitted, 16);
+    let log = fx.room.admission_log(id).await.unwrap();
+    let numbers: Vec<u64> = log.iter().map(|record| record.number).collect();
+    assert_eq!(numbers, (1..=16).collect::<Vec<_>>(), "the log is in queue order");
+    assert!(log.iter().all(|record| record.admitted && record.at_ms >= fx.t0));
     for (index, fan) in fans.iter().enumerate() {
         let place = fx.room.status(id, *fan).await.unwrap();
         assert_eq!(
@@ -336,6 +340,20 @@ async fn places_of_fans_who_went_quiet_are_skipped() {
         fx.room.status(id, fans[3]).await.unwrap(),
         Place::Admitted { number: 4, .. }
     ));
+    // The admission log records every place passed, in order, skipped or admitted.
+    let log: Vec<(u64, String, bool)> = fx
+        .room
+        .admission_log(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| (record.number, record.user, record.admitted))
+        .collect();
+    let expected: Vec<(u64, String, bool)> = (1..)
+        .zip(&fans)
+        .map(|(number, fan)| (number, fan.to_string(), number > 2))
+        .collect();
+    assert_eq!(log, expected);
 }
 
 #[tokio::test]

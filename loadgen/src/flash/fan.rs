@@ -210,8 +210,8 @@ pub struct Tally {
     /// Failures by what failed.
     pub errors: BTreeMap<String, u64>,
     pub ends: BTreeMap<End, u64>,
-    /// Each admitted fan, its queue number and when it heard of its admission.
-    pub admissions: Vec<(Uuid, u64, Instant)>,
+    /// Each admitted fan and the queue number its admission token binds.
+    pub admissions: Vec<(Uuid, u64)>,
     /// Bookings their fan saw confirmed.
     pub confirmed: u64,
     pub seats_bought: u64,
@@ -433,7 +433,7 @@ async fn visit_inner(crowd: &Crowd, plan: &Plan, token: Option<String>) -> End {
     if let Some((user, number)) = admission_claims(&admission) {
         let reached = crowd.served.lock().expect("not poisoned").reached(number);
         crowd.tally(|tally| {
-            tally.admissions.push((user, number, admitted_at));
+            tally.admissions.push((user, number));
             if let Some(reached) = reached {
                 tally
                     .turn_to_admitted

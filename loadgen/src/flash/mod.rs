@@ -356,9 +356,8 @@ pub async fn run(mut args: FlashArgs) -> anyhow::Result<Outcome> {
 
     // Serving numbers, timestamped as they are published.
     let served = Arc::new(Mutex::new(Served::default()));
-    let served_log: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
     let keys = Keys::new(&args.redis_key_prefix, show);
-    let listener = listen_serving(&settings.redis_url, &keys, Arc::clone(&served), Arc::clone(&served_log)).await?;
+    let listener = listen_serving(&settings.redis_url, &keys, Arc::clone(&served)).await?;
 
     let deadline = on_sale + Duration::from_secs(args.sale_timeout_seconds);
     let crowd = Arc::new(Crowd {
@@ -441,32 +440,17 @@ pub async fn run(mut args: FlashArgs) -> anyhow::Result<Outcome> {
 
     // Settle, then audit: the audit is re-run until it passes or the settle time is over,
     // because e-mails, refunds and late webhooks finish after the last fan.
-    let admissions = {
-        let since = |at: Instant| at.saturating_duration_since(start);
-        let tally = crowd.tally.lock().expect("not poisoned");
-        audit::Admissions {
-            admitted: tally
-                .admissions
-                .iter()
-                .map(|(user, number, at)| audit::Admitted {
-                    user: (*user).into(),
-                    number: *number,
-                    at: since(*at),
-                })
-                .collect(),
-            serving: served_log
-                .lock()
-                .expect("not poisoned")
-                .iter()
-                .map(|(serving, at)| audit::ServingSeen {
-                    at: since(*at),
-                    serving: *serving,
-                })
-                .collect(),
-            // Both travel through Redis pub/sub, read by different tasks of a busy process.
-            tolerance: Duration::from_secs(1),
-        }
-    };
+    let admissions: Vec<audit::Admitted> = crowd
+        .tally
+        .lock()
+        .expect("not poisoned")
+        .admissions
+        .iter()
+        .map(|(user, number)| audit::Admitted {
+            user: (*user).into(),
+            number: *number,
+        })
+        .collect();
     let ledger_client = client.clone();
     let sources = audit::Sources {
         database_url: settings.database_url.clone(),
@@ -477,7 +461,7 @@ pub async fn run(mut args: FlashArgs) -> anyhow::Result<Outcome> {
             redis_url: settings.redis_url.clone(),
             key_prefix: args.redis_key_prefix.clone(),
         }),
-        admissions: Some(admissions),
+        admissions,
     };
     let settling = progress.add(indicatif::ProgressBar::new_spinner().with_message("settling and auditing"));
     let settle_until = Instant::now() + Duration::from_secs(args.settle_seconds);
@@ -628,7 +612,6 @@ async fn listen_serving(
     redis_url: &str,
     keys: &Keys,
     served: Arc<Mutex<Served>>,
-    log: Arc<Mutex<Vec<(u64, Instant)>>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut pubsub = redis::Client::open(redis_url)?.get_async_pubsub().await?;
     pubsub.subscribe(&keys.channel).await?;
@@ -646,7 +629,6 @@ async fn listen_serving(
                     .seen
                     .entry(update.serving)
                     .or_insert(now);
-                log.lock().expect("not poisoned").push((update.serving, now));
             }
         }
     }))

@@ -1,7 +1,9 @@
 -- One admission tick of one show, run only by the holder of the show's lease.
--- KEYS: cfg, q, serving, active, adm, hb, lease
+-- KEYS: cfg, q, serving, active, adm, hb, lease, log
 -- ARGV: lease_token, now_ms, budget, session_ms, grace_ms, max_skips
 -- Returns {admitted, serving, active, skipped, waiting} or {-1} when the lease is not ours.
+-- Every place passed is appended to the admission log (a stream whose entry ids are Redis time):
+-- n = queue number, u = fan, o = a (admitted) or s (skipped).
 if redis.call('GET', KEYS[7]) ~= ARGV[1] then
   return {-1}
 end
@@ -32,10 +34,12 @@ while admitted < budget and skipped < max_skips do
     if seen >= oldest_alive then
       redis.call('ZADD', KEYS[4], deadline, user)
       redis.call('HSET', KEYS[5], user, number)
+      redis.call('XADD', KEYS[8], '*', 'n', number, 'u', user, 'o', 'a')
       admitted = admitted + 1
     else
       -- Gone quiet for longer than the grace period: the place is forfeited.
       redis.call('ZREM', KEYS[6], user)
+      redis.call('XADD', KEYS[8], '*', 'n', number, 'u', user, 'o', 's')
       skipped = skipped + 1
     end
   end

@@ -66,7 +66,7 @@ impl Service {
     /// Connects to PostgreSQL, Redis and RabbitMQ (the broker may come later).
     pub async fn build(config: ServiceConfig) -> anyhow::Result<Self> {
         crate::metrics::register();
-        let db = common::db::pool(&config.common.database_url, 8)?;
+        let db = common::db::pool(&config.common.database_url, config.common.database_max_connections)?;
         let redis = waiting_room::room::connect(&config.common.redis_url)
             .await
             .context("invalid REDIS_URL")?;

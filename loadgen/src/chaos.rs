@@ -84,6 +84,8 @@ pub struct Fault {
     pub wall_clock: OffsetDateTime,
     /// What was done, for people (`SIGKILL to the active booking-worker of show ...`).
     pub what: String,
+    /// The same in a few words, for a chart's marker (`kill -9 writer`).
+    pub label: String,
     /// The process it was done to (its name in the run directory).
     pub process: String,
     /// Its pid at the time.
@@ -96,11 +98,12 @@ pub struct Fault {
 }
 
 impl Fault {
-    fn new(what: String, process: &Process, at: Instant, wall_clock: OffsetDateTime) -> Self {
+    fn new(what: String, label: String, process: &Process, at: Instant, wall_clock: OffsetDateTime) -> Self {
         Self {
             at,
             wall_clock,
             what,
+            label,
             process: process.name.clone(),
             pid: process.pid,
             new_pid: None,
@@ -198,6 +201,7 @@ impl Deployment {
         self.kill_and_start_again(
             active,
             format!("SIGKILL to the active booking-worker of show {show}"),
+            "kill -9 writer".to_owned(),
             "scripts/up --workers 2 starts one",
         )
         .await
@@ -215,6 +219,7 @@ impl Deployment {
         self.kill_and_start_again(
             holder,
             format!("SIGKILL to the admission controller holding the lease of show {show}"),
+            "kill -9 controller".to_owned(),
             "scripts/up --replicas 2 starts one",
         )
         .await
@@ -230,6 +235,7 @@ impl Deployment {
         self.kill_and_start_again(
             victim,
             format!("SIGKILL to ingress replica {name}"),
+            format!("kill -9 {name}"),
             "scripts/up --replicas 2 starts one",
         )
         .await
@@ -238,7 +244,13 @@ impl Deployment {
     /// SIGKILL to `victim`, then the same program started again in its place, without
     /// waiting for it to be ready. Refuses when no other ready process of its role could
     /// carry on meanwhile (`how` says how to start one).
-    async fn kill_and_start_again(&self, victim: Process, what: String, how: &str) -> anyhow::Result<Fault> {
+    async fn kill_and_start_again(
+        &self,
+        victim: Process,
+        what: String,
+        label: String,
+        how: &str,
+    ) -> anyhow::Result<Fault> {
         let mut peer = false;
         for other in self.processes() {
             if other.role == victim.role && other.pid != victim.pid && self.is_ready(&other).await {
@@ -256,7 +268,7 @@ impl Deployment {
         let launch = Launch::of(victim.pid)?;
         let (at, wall_clock) = (Instant::now(), OffsetDateTime::now_utc());
         send(victim.pid, Signal::KILL)?;
-        let fault = Fault::new(what, &victim, at, wall_clock);
+        let fault = Fault::new(what, label, &victim, at, wall_clock);
         if !wait_for_exit(victim.pid, KILL_GRACE).await {
             bail!("{} (pid {}) is still alive after SIGKILL", victim.name, victim.pid);
         }
@@ -272,7 +284,13 @@ impl Deployment {
         let launch = Launch::of(process.pid)?;
         let (at, wall_clock) = (Instant::now(), OffsetDateTime::now_utc());
         send(process.pid, Signal::TERM)?;
-        let mut fault = Fault::new(format!("restart of {name} (SIGTERM)"), &process, at, wall_clock);
+        let mut fault = Fault::new(
+            format!("restart of {name} (SIGTERM)"),
+            format!("restart {name}"),
+            &process,
+            at,
+            wall_clock,
+        );
         if !wait_for_exit(process.pid, TERM_GRACE).await {
             tracing::warn!(
                 process = name,
@@ -309,6 +327,7 @@ impl Deployment {
                 "SIGSTOP for {} ms to the admission controller holding the lease of show {show}",
                 pause.as_millis()
             ),
+            format!("SIGSTOP controller {:.0} s", pause.as_secs_f64()),
             &holder,
             at,
             wall_clock,

@@ -186,7 +186,7 @@ const LEGEND_SWATCH_GAP: i32 = 6;
 const LEGEND_ENTRY_GAP: i32 = 18;
 const MARKER_ROW_HEIGHT: i32 = 20;
 /// Marker labels beyond this many rows overlap instead of pushing the panels down.
-const MARKER_ROWS: usize = 4;
+const MARKER_ROWS: usize = 8;
 
 const INK: RGBColor = RGBColor(34, 34, 34);
 const MUTED_INK: RGBColor = RGBColor(85, 85, 85);

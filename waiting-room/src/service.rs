@@ -50,7 +50,7 @@ impl ServiceConfig {
 
 /// Runs the controller until `shutdown`: one tick over every live show per tick interval.
 pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = common::db::pool(&config.common.database_url, 4)?;
+    let pool = common::db::pool(&config.common.database_url, config.common.database_max_connections)?;
     let redis = room::connect(&config.common.redis_url)
         .await
         .context("invalid REDIS_URL")?;

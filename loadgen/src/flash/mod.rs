@@ -255,6 +255,8 @@ pub struct FaultMark {
     pub at: f64,
     /// What happened.
     pub what: String,
+    /// The same in a few words, for the charts.
+    pub label: String,
 }
 
 /// Settings resolved from the flags, `.run/env` and the defaults.
@@ -738,6 +740,7 @@ async fn chaos_schedule(
             faults.lock().expect("not poisoned").push(FaultMark {
                 at: timeline.offset(Instant::now()),
                 what: format!("FAILED to find the deployment's processes: {err:#}"),
+                label: "chaos FAILED".to_owned(),
             });
             return;
         }
@@ -770,6 +773,7 @@ async fn chaos_schedule(
                         "SKIPPED: the sale never reached {:.0}% of the seats taken",
                         share * 100.0
                     ),
+                    label: "faults SKIPPED".to_owned(),
                 });
                 return;
             }
@@ -793,6 +797,7 @@ async fn chaos_schedule(
                 faults.lock().expect("not poisoned").push(FaultMark {
                     at: timeline.offset(done.at),
                     what: done.what,
+                    label: done.label,
                 });
             }
             Err(err) => {
@@ -800,6 +805,7 @@ async fn chaos_schedule(
                 faults.lock().expect("not poisoned").push(FaultMark {
                     at: timeline.offset(begun),
                     what: format!("FAILED to cause a fault: {err:#}"),
+                    label: "fault FAILED".to_owned(),
                 });
             }
         }

@@ -479,7 +479,7 @@ fn charts(report: &Report, seconds: &[Second], samples: &[Sample]) -> Vec<(&'sta
     }
     markers.extend(report.faults.iter().map(|fault| Marker {
         at: fault.at,
-        label: fault.what.clone(),
+        label: fault.label.clone(),
     }));
     let per_second = |name: &str, count: fn(&Second) -> u64| Series {
         name: name.to_owned(),

@@ -99,6 +99,54 @@ async fn confirm(harness: &Harness, show: ShowId, user: UserId, booking: Booking
 }
 
 #[tokio::test]
+async fn a_new_writer_loads_live_bookings_with_their_seats_and_payments() {
+    let mut harness = Harness::new().await;
+    let show = harness.show(1, 6, 4).await;
+    let users = seed_users(harness.db(), 3).await;
+    harness.start_worker().await;
+    let paying = hold_one(&harness, show.show, users[0], show.seats[0]).await;
+    let second = harness.hold(show.show, users[0], seats(&show.seats[1..3])).await;
+    assert!(harness.results(&[second]).await[&second].0.is_some());
+    let payment = start_payment(&harness, show.show, users[0], paying, "tok_visa").await;
+    let released = hold_one(&harness, show.show, users[1], show.seats[3]).await;
+
+    // The next writer knows only what it loads.
+    harness.restart_worker().await;
+    // Its seats: fan 0 has 3 of 4 seats, so 2 more are over the limit, and the released
+    // booking's seat goes back on sale.
+    let over = harness.hold(show.show, users[0], seats(&show.seats[4..6])).await;
+    assert_eq!(
+        harness.results(&[over]).await[&over],
+        (None, Some("limit_exceeded".to_owned())),
+        "the loaded bookings count towards the fan's limit"
+    );
+    harness
+        .publish(
+            show.show,
+            ReleaseHold {
+                command_id: CommandId::new(),
+                user_id: users[1],
+                booking_id: released,
+            },
+        )
+        .await;
+    hold_one(&harness, show.show, users[2], show.seats[3]).await;
+    // Its payment: only the charge started before the restart confirms the booking.
+    let stranger = PaymentId::new();
+    assert_eq!(
+        confirm(&harness, show.show, users[0], paying, stranger).await,
+        "confirm_rejected"
+    );
+    assert_eq!(
+        confirm(&harness, show.show, users[0], paying, payment).await,
+        "confirmed"
+    );
+    harness.assert_no_double_booking(show.show).await;
+    harness.assert_snapshot_matches_database(show.show).await;
+    harness.stop().await;
+}
+
+#[tokio::test]
 async fn a_paid_booking_is_confirmed_with_signed_tickets_and_a_cancelled_one_is_refunded() {
     let mut harness = Harness::new().await;
     let show = harness.show(1, 6, 4).await;

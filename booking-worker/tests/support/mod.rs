@@ -388,6 +388,19 @@ impl Harness {
         }));
     }
 
+    /// Stops the worker (it drains) and starts a new one, which loads the show from the store.
+    pub async fn restart_worker(&mut self) {
+        self.shutdown.cancel();
+        if let Some(worker) = self.worker.take() {
+            tokio::time::timeout(Duration::from_secs(30), worker)
+                .await
+                .expect("the worker drains within 30 s")
+                .unwrap();
+        }
+        self.shutdown = CancellationToken::new();
+        self.start_worker().await;
+    }
+
     pub fn advance(&self, seconds: i64) {
         self.clock.fetch_add(seconds, Ordering::SeqCst);
     }
@@ -498,8 +511,8 @@ impl Harness {
         let mismatched: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM show_seat ss
              LEFT JOIN booking_seat bs ON bs.show_id = ss.show_id AND bs.seat_id = ss.seat_id AND bs.released_at IS NULL
-             WHERE ss.show_id = $1 AND ((ss.status = 'held') <> (bs.booking_id IS NOT NULL)
-                                        OR (ss.status = 'held' AND ss.booking_id <> bs.booking_id))",
+             WHERE ss.show_id = $1 AND ((ss.status IN ('held', 'sold')) <> (bs.booking_id IS NOT NULL)
+                                        OR (ss.status IN ('held', 'sold') AND ss.booking_id <> bs.booking_id))",
         )
         .bind(show)
         .fetch_one(self.db())

@@ -46,6 +46,8 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 const TERM_GRACE: Duration = Duration::from_secs(15);
 /// How long a killed process may take to disappear.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long a replacement started after a kill must stay up to count as started.
+const REPLACEMENT_SETTLE: Duration = Duration::from_secs(1);
 /// How long a restarted process may take to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to look for the show's writer or lease holder (one may be taking over right now).
@@ -273,6 +275,16 @@ impl Deployment {
             bail!("{} (pid {}) is still alive after SIGKILL", victim.name, victim.pid);
         }
         let new_pid = launch.spawn(&self.run_dir, &victim.name, "started again after SIGKILL")?;
+        // Not waiting for it to be ready (its peers carry on meanwhile), but a replacement that
+        // dies at once (a port still taken, say) is this fault failing, not a fault caused.
+        tokio::time::sleep(REPLACEMENT_SETTLE).await;
+        if !is_running(new_pid) {
+            bail!(
+                "{} was killed, but its replacement (pid {new_pid}) exited at once:\n{}",
+                victim.name,
+                log_tail(&self.run_dir, &victim.name, 12)
+            );
+        }
         tracing::info!(process = %victim.name, pid = victim.pid, new_pid, what = %fault.what, "killed");
         Ok(fault.ended(Some(new_pid)))
     }
@@ -552,9 +564,29 @@ fn parse_state(stat: &str) -> Option<char> {
         .next()
 }
 
-/// Whether `pid` exists and has not exited (a zombie has exited: it only waits to be reaped).
+/// The number of threads field of a `/proc/<pid>/stat` line (the 20th).
+fn parse_threads(stat: &str) -> Option<u32> {
+    stat.get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .nth(17)?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` exists and has not finished exiting. A zombie has exited (it only waits to be
+/// reaped) once it is the last of its threads: a multi-threaded process's main thread turns
+/// zombie first, and until its other threads are gone the process still holds its files, such
+/// as the listening socket its replacement must bind (a full chaos rehearsal restarted an
+/// ingress into "address already in use" that way).
 pub fn is_running(pid: u32) -> bool {
-    !matches!(process_state(pid), None | Some('Z' | 'X'))
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    match parse_state(&stat) {
+        None => false,
+        Some('Z' | 'X') => parse_threads(&stat).is_some_and(|threads| threads > 1),
+        Some(_) => true,
+    }
 }
 
 async fn wait_for_exit(pid: u32, timeout: Duration) -> bool {
@@ -888,6 +920,9 @@ mod tests {
         assert_eq!(parse_state("42 (tokio (rt) x) T 1 42 42 0"), Some('T'));
         assert_eq!(parse_state("42 (booking-worker) S 1"), Some('S'));
         assert_eq!(parse_state("garbage"), None);
+        let zombie = "42 (ingress) Z 1 42 42 0 -1 4227084 100 0 0 0 10 20 0 0 20 0 3 0 5000 0 0";
+        assert_eq!((parse_state(zombie), parse_threads(zombie)), (Some('Z'), Some(3)));
+        assert_eq!(parse_threads("42 (x) S 1"), None);
     }
 
     const METRICS: &str = r#"# HELP floodgate_booking_active_writer 1 while this worker is the show's writer.

@@ -388,8 +388,8 @@ impl Harness {
         }));
     }
 
-    /// Stops the worker (it drains) and starts a new one, which loads the show from the store.
-    pub async fn restart_worker(&mut self) {
+    /// Stops the worker and waits until it has drained.
+    async fn stop_worker(&mut self) {
         self.shutdown.cancel();
         if let Some(worker) = self.worker.take() {
             tokio::time::timeout(Duration::from_secs(30), worker)
@@ -397,6 +397,11 @@ impl Harness {
                 .expect("the worker drains within 30 s")
                 .unwrap();
         }
+    }
+
+    /// Stops the worker (it drains) and starts a new one, which loads the show from the store.
+    pub async fn restart_worker(&mut self) {
+        self.stop_worker().await;
         self.shutdown = CancellationToken::new();
         self.start_worker().await;
     }
@@ -522,13 +527,7 @@ impl Harness {
     }
 
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(worker) = self.worker.take() {
-            tokio::time::timeout(Duration::from_secs(30), worker)
-                .await
-                .expect("the worker drains within 30 s")
-                .unwrap();
-        }
+        self.stop_worker().await;
         let channel = self.connection.create_channel().await.unwrap();
         self.topology.delete(&channel, &self.shows).await.unwrap();
         let mut redis = waiting_room::room::connect(&env("REDIS_URL", common::config::defaults::REDIS_URL))

@@ -557,20 +557,17 @@ pub fn process_state(pid: u32) -> Option<char> {
 /// The state field of a `/proc/<pid>/stat` line: the first one after the command name, which
 /// is in parentheses and may itself contain spaces and parentheses.
 fn parse_state(stat: &str) -> Option<char> {
-    stat.get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
+    fields_after_command(stat)?.next()?.chars().next()
+}
+
+/// The fields of a `/proc/<pid>/stat` line after the command name (the state first).
+fn fields_after_command(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat.get(stat.rfind(')')? + 1..)?.split_whitespace())
 }
 
 /// The number of threads field of a `/proc/<pid>/stat` line (the 20th).
 fn parse_threads(stat: &str) -> Option<u32> {
-    stat.get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .nth(17)?
-        .parse()
-        .ok()
+    fields_after_command(stat)?.nth(17)?.parse().ok()
 }
 
 /// Whether `pid` exists and has not finished exiting. A zombie has exited (it only waits to be

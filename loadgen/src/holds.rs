@@ -247,6 +247,33 @@ impl AdminApi {
         })
     }
 
+    /// The admin of a benchmark run: `token` as it is, or else a login with `email` and
+    /// `password`, each defaulting to `.run/env` (which `scripts/up` writes), then the
+    /// environment (`FLOODGATE_ADMIN_EMAIL`, `FLOODGATE_ADMIN_PASSWORD`).
+    pub(crate) async fn from_flags(
+        client: &reqwest::Client,
+        api: &str,
+        token: Option<&str>,
+        email: Option<&str>,
+        password: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        if let Some(token) = token {
+            return Ok(Self::with_token(client, api, token));
+        }
+        let setting = |flag: Option<&str>, key: &str| {
+            flag.map(str::to_owned)
+                .or_else(|| run_env(key))
+                .or_else(|| std::env::var(key).ok())
+        };
+        let (Some(email), Some(password)) = (
+            setting(email, "FLOODGATE_ADMIN_EMAIL"),
+            setting(password, "FLOODGATE_ADMIN_PASSWORD"),
+        ) else {
+            bail!("no admin account: pass --admin-email and --admin-password (or run where scripts/up wrote .run/env)");
+        };
+        Self::login(client, api, &email, &password).await
+    }
+
     /// Calls made with a token the caller already has.
     pub(crate) fn with_token(client: &reqwest::Client, api: &str, token: &str) -> Self {
         Self {
@@ -328,9 +355,16 @@ pub(crate) async fn venue_and_event(
     ))
 }
 
-/// Creates a venue, an event and a show that is on sale now, with a wide-open waiting room.
-async fn create_show(admin: &AdminApi, seats: usize, max_tickets: u32) -> anyhow::Result<ShowId> {
-    let (venue_id, event_id, prices) = venue_and_event(admin, seats, "hold benchmark").await?;
+/// Creates a venue of `seats` seats, an event and a show that is on sale now (for a benchmark
+/// that `what` names), its waiting room admitting `admit_per_second`.
+pub(crate) async fn create_show_on_sale(
+    admin: &AdminApi,
+    seats: usize,
+    max_tickets: u32,
+    admit_per_second: u32,
+    what: &str,
+) -> anyhow::Result<ShowId> {
+    let (venue_id, event_id, prices) = venue_and_event(admin, seats, what).await?;
     let now = OffsetDateTime::now_utc();
     // On sale since a few seconds, so the room opens at the controller's next tick; the show
     // starts in two hours, so the waiting-room controller stops counting its seats soon after
@@ -348,7 +382,7 @@ async fn create_show(admin: &AdminApi, seats: usize, max_tickets: u32) -> anyhow
                 // Longer than any run: no hold lapses before the audit.
                 "hold_seconds": 3600,
                 "waiting_room": {
-                    "admit_per_second": 100_000, "max_active": 1_000_000,
+                    "admit_per_second": admit_per_second, "max_active": 1_000_000,
                     "prequeue_opens_at": rfc3339(now - time::Duration::minutes(1))?,
                 },
             }),
@@ -529,7 +563,7 @@ fn admission_token(body: &Value) -> Option<String> {
 }
 
 /// Joins the room until it is open (the controller opens it at its first tick after creation).
-async fn wait_until_open(client: &reqwest::Client, url: &str, fan: &Fan) -> anyhow::Result<()> {
+pub(crate) async fn wait_until_open(client: &reqwest::Client, url: &str, fan: &Fan) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         let (status, body) = send(client.post(url).bearer_auth(&fan.access_token)).await?;
@@ -1152,20 +1186,14 @@ pub async fn run(args: HoldsArgs) -> anyhow::Result<()> {
 
     // Setup: the show.
     let started = Instant::now();
-    let email = args
-        .admin_email
-        .clone()
-        .or_else(|| run_env("FLOODGATE_ADMIN_EMAIL"))
-        .or_else(|| std::env::var("FLOODGATE_ADMIN_EMAIL").ok());
-    let password = args
-        .admin_password
-        .clone()
-        .or_else(|| run_env("FLOODGATE_ADMIN_PASSWORD"))
-        .or_else(|| std::env::var("FLOODGATE_ADMIN_PASSWORD").ok());
-    let (Some(email), Some(password)) = (email, password) else {
-        bail!("no admin credentials: pass --admin-email/--admin-password, or run where .run/env is");
-    };
-    let admin = AdminApi::login(&client, &api, &email, &password).await?;
+    let admin = AdminApi::from_flags(
+        &client,
+        &api,
+        None,
+        args.admin_email.as_deref(),
+        args.admin_password.as_deref(),
+    )
+    .await?;
     let (show, show_created) = match args.show {
         Some(show) => {
             admin
@@ -1178,7 +1206,11 @@ pub async fn run(args: HoldsArgs) -> anyhow::Result<()> {
                 .await?;
             (show, false)
         }
-        None => (create_show(&admin, args.seats, args.max_tickets_per_user).await?, true),
+        None => {
+            let show =
+                create_show_on_sale(&admin, args.seats, args.max_tickets_per_user, 100_000, "hold benchmark").await?;
+            (show, true)
+        }
     };
     tracing::info!(%show, created = show_created, "show");
     let show_info = admin

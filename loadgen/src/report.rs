@@ -40,6 +40,22 @@ impl Latency {
         self.0.saturating_record(micros);
     }
 
+    /// The recorded buckets as (value, count) pairs: how a histogram measured in another
+    /// process travels (see [`Latency::add_buckets`]).
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        self.0
+            .iter_recorded()
+            .map(|bucket| (bucket.value_iterated_to(), bucket.count_at_value()))
+            .collect()
+    }
+
+    /// Adds the samples of another histogram's [`Latency::buckets`].
+    pub fn add_buckets(&mut self, buckets: &[(u64, u64)]) {
+        for &(value, count) in buckets {
+            self.0.saturating_record_n(value.clamp(1, 600_000_000), count);
+        }
+    }
+
     /// The percentiles.
     pub fn summary(&self) -> Summary {
         let ms = |micros: u64| micros as f64 / 1000.0;

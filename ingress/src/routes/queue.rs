@@ -32,6 +32,7 @@ use crate::{
     auth::extract::AuthUser,
     error::{ApiError, ApiPath, Problem},
     metrics,
+    room::LocalUpdate,
     store::shows,
 };
 
@@ -325,9 +326,61 @@ async fn tell(
     }
 }
 
-/// One fan's socket: position messages as the serving number moves (at most one a second),
-/// `admitted` with the token, `sold_out` / `closed` as the room changes, the fan's
-/// `hold_result` and `booking` changes as the show's writer answers; pings keep the place.
+/// Follows one room update: where it leaves the fan, told to the fan if that changed. False
+/// when the socket is to close.
+async fn follow(
+    socket: &mut WebSocket,
+    state: &AppState,
+    show: ShowId,
+    user: UserId,
+    place: &mut Place,
+    told: &mut Told,
+    local: &LocalUpdate,
+) -> bool {
+    let update = &local.update;
+    let next = match (&*place, update.state.as_str()) {
+        (_, "sold_out") => Place::SoldOut,
+        (_, "closed") => Place::Closed,
+        // Our number was reached, or the sale just opened and we were in the pre-queue, or the
+        // room reopened: one Redis read tells us where we stand (if Redis does not answer, the
+        // next update asks again).
+        (Place::Waiting { number, .. }, _) if update.serving >= *number => {
+            match state.hub.rooms().status(show, user).await {
+                Ok(fresh) => fresh,
+                Err(_) => return true,
+            }
+        }
+        (Place::Prequeue | Place::SoldOut, _) => match state.hub.rooms().status(show, user).await {
+            Ok(fresh) => fresh,
+            Err(_) => return true,
+        },
+        (Place::Waiting { number, .. }, _) => Place::Waiting {
+            number: *number,
+            serving: update.serving,
+            rate_per_second: update.rate,
+        },
+        (other, _) => other.clone(),
+    };
+    *place = next;
+    if !tell(socket, state, show, user, place, told).await {
+        return false;
+    }
+    metrics::ws_fanout(local.received.elapsed());
+    true
+}
+
+/// True when `update` only moves the serving number for a fan still waiting: that is told at
+/// the fan's pace, whereas its turn and every change of the room's state are told at once.
+fn only_moves(place: &Place, update: &LocalUpdate) -> bool {
+    matches!(place, Place::Waiting { number, .. } if update.update.serving < *number)
+        && !matches!(update.update.state.as_str(), "sold_out" | "closed")
+}
+
+/// One fan's socket: position messages as the serving number moves (at most one a second,
+/// less often far back: `position_every`), `admitted` with the token at once, `sold_out` /
+/// `closed` as the room changes, the fan's `hold_result` and `booking` changes as the show's
+/// writer answers; pings keep the place. Pacing never blocks the socket: a move waiting to be
+/// told is a deadline in the same `select!` as everything else.
 async fn fan_socket(mut socket: WebSocket, state: AppState, show: ShowId, user: UserId, mut place: Place) {
     let mut updates = state.hub.watch(show);
     let mut results = state.holds.results.subscribe(user);
@@ -339,6 +392,8 @@ async fn fan_socket(mut socket: WebSocket, state: AppState, show: ShowId, user: 
     }
     let mut alive = tokio::time::interval(ALIVE_EVERY);
     let mut last_position = Instant::now() - POSITION_EVERY;
+    // When the latest serving move is due to be told, while one waits.
+    let mut due: Option<Instant> = None;
     let mut window_start = Instant::now();
     let mut window_messages = 0_u32;
     loop {
@@ -347,40 +402,27 @@ async fn fan_socket(mut socket: WebSocket, state: AppState, show: ShowId, user: 
                 if changed.is_err() {
                     break;
                 }
-                // Coalesce: a fan hears at most one position a second, less often far back
-                // (`position_every`); later ticks are folded in.
-                let every = position_every(place.eta_seconds());
-                let wait = every.saturating_sub(last_position.elapsed());
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                }
                 let Some(local) = updates.borrow_and_update().clone() else { continue };
-                let update = local.update;
-                place = match (&place, update.state.as_str()) {
-                    (_, "sold_out") => Place::SoldOut,
-                    (_, "closed") => Place::Closed,
-                    // Our number was reached, or the sale just opened and we were in the
-                    // pre-queue, or the room reopened: one Redis read tells us where we stand.
-                    (Place::Waiting { number, .. }, _) if update.serving >= *number => {
-                        match state.hub.rooms().status(show, user).await {
-                            Ok(fresh) => fresh,
-                            Err(_) => continue,
-                        }
-                    }
-                    (Place::Prequeue | Place::SoldOut, _) => match state.hub.rooms().status(show, user).await {
-                        Ok(fresh) => fresh,
-                        Err(_) => continue,
-                    },
-                    (Place::Waiting { number, .. }, _) => Place::Waiting { number: *number, serving: update.serving, rate_per_second: update.rate },
-                    (other, _) => other.clone(),
-                };
+                if only_moves(&place, &local) {
+                    // Later moves fold into this one: the latest is told when it is due.
+                    due.get_or_insert(last_position + position_every(place.eta_seconds()));
+                    continue;
+                }
+                due = None;
+                if !follow(&mut socket, &state, show, user, &mut place, &mut told, &local).await {
+                    break;
+                }
                 if matches!(place, Place::Waiting { .. }) {
                     last_position = Instant::now();
                 }
-                if !tell(&mut socket, &state, show, user, &place, &mut told).await {
+            }
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
+                due = None;
+                let Some(local) = updates.borrow().clone() else { continue };
+                if !follow(&mut socket, &state, show, user, &mut place, &mut told, &local).await {
                     break;
                 }
-                metrics::ws_fanout(local.received.elapsed());
+                last_position = Instant::now();
             }
             Some(result) = results.messages.recv() => {
                 let text = serde_json::to_string(&result).unwrap_or_default();

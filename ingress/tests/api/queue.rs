@@ -298,6 +298,58 @@ async fn a_websocket_fan_hears_positions_then_admitted_and_bad_handshakes_and_fr
     assert_eq!(handshake_status(connect(&app, &show, Some(&expired), None).await), 401);
 }
 
+/// Far back in the line a fan hears a serving move only every ETA/20; the socket must go on
+/// reading the fan's pings meanwhile, not swallow them into a burst that trips the per-second
+/// message limit once the pace allows the next position.
+#[tokio::test]
+async fn a_fan_far_back_is_paced_but_its_socket_keeps_reading_pings_meanwhile() {
+    let app = TestApp::spawn().await;
+    let show = show_on_sale(&app).await;
+    let path = format!("/api/v1/shows/{show}/queue");
+    let mut controller = controller(&app, &redis_url()).await;
+    let settings = settings(&show, 1);
+    let start = now_ms();
+    controller.tick_show(&settings, start).await.unwrap();
+    let mut last = String::new();
+    for _ in 0..60 {
+        let (access, _) = fan(&app).await;
+        app.send(Method::POST, &path, Some(&access), None).await;
+        last = access;
+    }
+    let mut socket = connect(&app, &show, Some(&last), None).await.unwrap();
+    assert_eq!(next_json(&mut socket).await["position"], 60);
+
+    // One admission a second: an ETA of about a minute, so moves are told every ~3 s.
+    controller.tick_show(&settings, start + 1_000).await.unwrap();
+    let first = next_json(&mut socket).await;
+    assert_eq!(
+        (first["position"].clone(), first["serving"].clone()),
+        (json!(59), json!(1))
+    );
+    assert!(first["eta_seconds"].as_u64().is_some_and(|eta| eta >= 50), "{first}");
+    controller.tick_show(&settings, start + 2_000).await.unwrap();
+    // Pings at a polite 3 a second while that move waits for its turn.
+    for _ in 0..8 {
+        socket
+            .send(tungstenite::Message::Text(r#"{"type":"ping"}"#.into()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let second = next_json(&mut socket).await;
+    assert_eq!(
+        (
+            second["type"].clone(),
+            second["position"].clone(),
+            second["serving"].clone()
+        ),
+        (json!("position"), json!(58), json!(2)),
+        "the paced move arrives"
+    );
+    let after = tokio::time::timeout(Duration::from_secs(1), socket.next()).await;
+    assert!(after.is_err(), "the socket said something more (closed it?): {after:?}");
+}
+
 /// A private redis-server on a free port, so stopping it disturbs no other test.
 struct PrivateRedis {
     port: u16,

@@ -184,7 +184,7 @@ impl Outcome {
 }
 
 /// The public API of every ingress of the deployment in `run_dir`, or the default one.
-fn local_apis(run_dir: &std::path::Path) -> Vec<String> {
+pub(crate) fn local_apis(run_dir: &std::path::Path) -> Vec<String> {
     let found: Vec<String> = chaos::Deployment::discover(run_dir)
         .map(|deployment| {
             deployment
@@ -546,20 +546,14 @@ fn validate(args: &FlashArgs) -> anyhow::Result<()> {
 }
 
 async fn admin(client: &reqwest::Client, args: &FlashArgs) -> anyhow::Result<AdminApi> {
-    if let Some(token) = &args.admin_token {
-        return Ok(AdminApi::with_token(client, &args.api[0], token));
-    }
-    let email = args
-        .admin_email
-        .clone()
-        .or_else(|| run_env("FLOODGATE_ADMIN_EMAIL"))
-        .context("no admin account: pass --admin-email/--admin-password or --admin-token (or run scripts/up)")?;
-    let password = args
-        .admin_password
-        .clone()
-        .or_else(|| run_env("FLOODGATE_ADMIN_PASSWORD"))
-        .context("no admin password: pass --admin-password (or run scripts/up)")?;
-    AdminApi::login(client, &args.api[0], &email, &password).await
+    AdminApi::from_flags(
+        client,
+        &args.api[0],
+        args.admin_token.as_deref(),
+        args.admin_email.as_deref(),
+        args.admin_password.as_deref(),
+    )
+    .await
 }
 
 /// The venue, event and show of the rehearsal: the pre-queue opens now, the sale after

@@ -63,6 +63,8 @@ pub struct AppState {
     pub admission_tokens: Arc<AdmissionTokens>,
     /// Origins allowed to open the waiting-room WebSocket.
     pub ws_allowed_origins: Arc<[String]>,
+    /// The longest a waiting fan goes without hearing the serving number move.
+    pub ws_position_max_interval: Duration,
     /// Cancelled at shutdown: long-lived sockets close with "server restarting".
     pub shutdown: CancellationToken,
     /// Hold requests: results from the writers, show terms, request bookkeeping.
@@ -140,6 +142,7 @@ impl Application {
             hub,
             admission_tokens: Arc::new(admission_tokens),
             ws_allowed_origins: config.ws_allowed_origins.clone().into(),
+            ws_position_max_interval: config.ws_position_max_interval,
             shutdown: CancellationToken::new(),
             holds,
             seat_maps,

@@ -43,6 +43,11 @@ pub struct IngressConfig {
     /// `WS_ALLOWED_ORIGINS` (default: the CORS origins): browser origins allowed to open the
     /// waiting-room WebSocket.
     pub ws_allowed_origins: Vec<String>,
+    /// `WS_POSITION_MAX_INTERVAL_MS` (default 1,000, the least): the longest a waiting fan goes
+    /// without hearing the serving number move. Above it, fans far back hear a move every
+    /// twentieth of their ETA, up to this (near the front still every second): fewer messages
+    /// and less CPU per fan in a very large room, for a position up to that much older.
+    pub ws_position_max_interval: Duration,
     /// `GATEWAY_WEBHOOK_SECRET`: the HMAC key of the payment gateway's webhook signatures
     /// (shared with the gateway; the simulator's development default when unset).
     pub gateway_webhook_secret: Secret,
@@ -84,6 +89,9 @@ impl IngressConfig {
                 .then(|| (admin_email, Secret::new(admin_password))),
             cors_allowed_origins: origin_list(&cors),
             ws_allowed_origins: origin_list(&env_string("WS_ALLOWED_ORIGINS", &cors)),
+            ws_position_max_interval: Duration::from_millis(
+                env_or("WS_POSITION_MAX_INTERVAL_MS", 1_000_u64)?.max(1_000),
+            ),
             admission_token_keys: Secret::new(env_string("ADMISSION_TOKEN_KEYS", DEV_ADMISSION_KEYS)),
             auth_rate_per_minute: env_or("AUTH_RATE_PER_MINUTE", 30)?,
             auth_rate_burst: env_or("AUTH_RATE_BURST", 10)?,

@@ -298,12 +298,12 @@ async fn a_websocket_fan_hears_positions_then_admitted_and_bad_handshakes_and_fr
     assert_eq!(handshake_status(connect(&app, &show, Some(&expired), None).await), 401);
 }
 
-/// Far back in the line a fan hears a serving move only every ETA/20; the socket must go on
-/// reading the fan's pings meanwhile, not swallow them into a burst that trips the per-second
-/// message limit once the pace allows the next position.
+/// With `WS_POSITION_MAX_INTERVAL_MS` above a second, a fan far back hears a serving move only
+/// every ETA/20; the socket must go on reading the fan's pings meanwhile, not swallow them into
+/// a burst that trips the per-second message limit once the pace allows the next position.
 #[tokio::test]
 async fn a_fan_far_back_is_paced_but_its_socket_keeps_reading_pings_meanwhile() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(|config| config.ws_position_max_interval = Duration::from_secs(10)).await;
     let show = show_on_sale(&app).await;
     let path = format!("/api/v1/shows/{show}/queue");
     let mut controller = controller(&app, &redis_url()).await;

@@ -7,7 +7,7 @@
 //! addresses are `loadgen-fan-<n>@loadgen.invalid`, so re-runs reuse them and nobody confuses
 //! them with real accounts.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use argon2::{Algorithm, Argon2, Params, Version, password_hash::PasswordHasher as _};
@@ -66,6 +66,9 @@ pub async fn ensure_accounts(database_url: &str, first: usize, count: usize) -> 
     Ok(())
 }
 
+/// How often a login the API answers "busy" (429, 503) is tried before the run gives up.
+const LOGIN_ATTEMPTS: u32 = 10;
+
 /// Logs fans `first..first + count` in through the API, `concurrency` at a time.
 pub async fn log_in(
     client: &reqwest::Client,
@@ -81,11 +84,27 @@ pub async fn log_in(
             let client = client.clone();
             let url = Arc::clone(&url);
             async move {
-                let response = client
-                    .post(url.as_str())
-                    .json(&serde_json::json!({"email": email(n), "password": PASSWORD}))
-                    .send()
-                    .await?;
+                // A crowd logging in at once can find the API's database pool busy: like a real
+                // client, wait as told (`Retry-After`) and try again.
+                let mut attempts = 0;
+                let response = loop {
+                    let response = client
+                        .post(url.as_str())
+                        .json(&serde_json::json!({"email": email(n), "password": PASSWORD}))
+                        .send()
+                        .await?;
+                    let busy = matches!(response.status().as_u16(), 429 | 503);
+                    attempts += 1;
+                    if !busy || attempts == LOGIN_ATTEMPTS {
+                        break response;
+                    }
+                    let wait = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|value| value.to_str().ok()?.parse().ok())
+                        .unwrap_or(1_u64);
+                    tokio::time::sleep(Duration::from_secs(wait.clamp(1, 10))).await;
+                };
                 let status = response.status();
                 let body: serde_json::Value = response.json().await?;
                 let token = body["access_token"].as_str().with_context(|| {

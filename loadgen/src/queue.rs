@@ -8,8 +8,9 @@
 //!
 //! One process holds about as many sockets as its open-file limit allows, so `--processes N`
 //! runs the fans in N child processes of loadgen (`--part`, each with a disjoint range of fan
-//! accounts). They log in, join and connect, then say `ready`; once all are, the parent opens
-//! the room (when it created the show), tells them `go` and they hold the sockets for
+//! accounts). They log in and say `ready`; once all are, the parent tells them `go` and they join
+//! (together, so the join rate is the crowd's) and connect, then say `ready` again; once all
+//! are, the parent opens the room (when it created the show), tells them `go` and they hold for
 //! `--hold-seconds`; the parent merges what they measured (histograms travel as buckets) and
 //! weighs the ingress processes of the run directory. With one process the same happens with
 //! one child.
@@ -260,21 +261,13 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|stage| (stage, bars.add(bar(args.users, stage))))
         .collect();
-    let mut ready = 0;
-    while ready < parts.len() {
-        match heard.recv().await {
-            Some(PartEvent::Progress(stage, count)) => {
-                if let Some((_, progress)) = stages.iter().find(|(name, _)| *name == stage) {
-                    progress.inc(count);
-                }
-            }
-            Some(PartEvent::Ready) => ready += 1,
-            Some(PartEvent::Ended(index)) => {
-                bail!("load-generator process {index} stopped before its fans were connected (see its log above)")
-            }
-            None => bail!("the load-generator processes stopped before their fans were connected"),
-        }
+    // Everyone logs in first, so the joins of all processes start together and their rate is
+    // the crowd's.
+    barrier(&mut heard, parts.len(), &stages).await?;
+    for part in &mut parts {
+        part.go().await?;
     }
+    barrier(&mut heard, parts.len(), &stages).await?;
     for (_, progress) in &stages {
         progress.finish();
     }
@@ -361,6 +354,30 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until `parts` processes have said `ready`, showing their progress on `stages`' bars.
+async fn barrier(
+    heard: &mut tokio::sync::mpsc::UnboundedReceiver<PartEvent>,
+    parts: usize,
+    stages: &[(&str, ProgressBar)],
+) -> anyhow::Result<()> {
+    let mut ready = 0;
+    while ready < parts {
+        match heard.recv().await {
+            Some(PartEvent::Progress(stage, count)) => {
+                if let Some((_, progress)) = stages.iter().find(|(name, _)| *name == stage) {
+                    progress.inc(count);
+                }
+            }
+            Some(PartEvent::Ready) => ready += 1,
+            Some(PartEvent::Ended(index)) => {
+                bail!("load-generator process {index} stopped before the others were ready (see its log above)")
+            }
+            None => bail!("the load-generator processes stopped before they were ready"),
+        }
+    }
+    Ok(())
+}
+
 /// Creates the benchmark's show: on sale, with a room that is open but paused until the crowd
 /// is connected. Returns it with the admin who unpauses it.
 async fn create_show(client: &reqwest::Client, api: &str, args: &QueueArgs) -> anyhow::Result<(ShowId, AdminApi)> {
@@ -391,7 +408,7 @@ const STAGES: [&str; 3] = ["login", "join", "connect"];
 enum PartEvent {
     /// `count` more fans went through `stage`.
     Progress(&'static str, u64),
-    /// Every fan of its share holds its socket; it waits for `go` on its stdin.
+    /// Its fans are logged in, or all hold their sockets; it waits for `go` on its stdin.
     Ready,
     /// The process with this index closed its stdout (it ended).
     Ended(usize),
@@ -514,6 +531,16 @@ impl Tally {
     }
 }
 
+/// Says `ready` and waits for the parent's `go`.
+async fn wait_for_go(stdin: &mut tokio::io::BufReader<tokio::io::Stdin>) -> anyhow::Result<()> {
+    println!("ready");
+    let mut go = String::new();
+    if stdin.read_line(&mut go).await? == 0 {
+        bail!("the parent loadgen went away");
+    }
+    Ok(())
+}
+
 /// Seconds since the Unix epoch, now.
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
@@ -521,8 +548,9 @@ fn unix_now() -> f64 {
         .map_or(0.0, |since| since.as_secs_f64())
 }
 
-/// One process's share (`--part`): logs its fans in, joins them, connects their sockets, says
-/// `ready`, waits for `go` on stdin, holds for `--hold-seconds`, and writes what it measured.
+/// One process's share (`--part`): logs its fans in; at the parent's word joins them and
+/// connects their sockets; at its next word holds them for `--hold-seconds`; then writes what
+/// it measured.
 async fn run_part(args: QueueArgs) -> anyhow::Result<()> {
     let show = args.show.context("--part needs --show")?;
     if args.api.is_empty() {
@@ -548,6 +576,8 @@ async fn run_part(args: QueueArgs) -> anyhow::Result<()> {
     .await?;
     tally.unsaid = fans.len() as u64;
     tally.say();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    wait_for_go(&mut stdin).await?;
 
     // Timestamp every serving number as it is published.
     let served = Arc::new(Mutex::new(Served::default()));
@@ -655,9 +685,7 @@ async fn run_part(args: QueueArgs) -> anyhow::Result<()> {
     let connect_seconds = started.elapsed().as_secs_f64();
     tally.say();
 
-    println!("ready");
-    let mut go = String::new();
-    tokio::io::BufReader::new(tokio::io::stdin()).read_line(&mut go).await?;
+    wait_for_go(&mut stdin).await?;
     tokio::time::sleep(Duration::from_secs(args.hold_seconds)).await;
     let ended = Instant::now();
     deadline.notify_waiters();

@@ -1,6 +1,9 @@
 //! The admission controller as a service: configuration, the tick loop, the admin server.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use common::{
@@ -70,6 +73,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> anyhow::
     let mut snapshots = redis.clone();
     let prefix = config.common.redis_key_prefix.clone();
     let mut controller = Controller::new(redis, config.common.redis_key_prefix.clone(), config.controller.clone());
+    let mut counted = Counted::default();
     let mut interval = tokio::time::interval(config.controller.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -77,7 +81,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> anyhow::
             _ = interval.tick() => {}
             () = shutdown.cancelled() => break,
         }
-        tick_all(&pool, &mut snapshots, &prefix, &mut controller).await;
+        tick_all(&pool, &mut snapshots, &prefix, &mut controller, &mut counted).await;
     }
     admin
         .await
@@ -87,7 +91,13 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> anyhow::
     Ok(())
 }
 
-async fn tick_all(pool: &PgPool, redis: &mut ConnectionManager, prefix: &str, controller: &mut Controller) {
+async fn tick_all(
+    pool: &PgPool,
+    redis: &mut ConnectionManager,
+    prefix: &str,
+    controller: &mut Controller,
+    counted: &mut Counted,
+) {
     let live = match store::live_shows(pool).await {
         Ok(shows) => shows,
         Err(err) => {
@@ -98,7 +108,7 @@ async fn tick_all(pool: &PgPool, redis: &mut ConnectionManager, prefix: &str, co
     // A show whose sellable seats cannot be told skips this tick (rather than looking sold out).
     let mut shows = Vec::with_capacity(live.len());
     for mut show in live {
-        match sellable(pool, redis, prefix, show.show_id).await {
+        match sellable(pool, redis, prefix, show.show_id, counted).await {
             Ok(seats) => {
                 show.sellable = seats;
                 show.booking_lag_ms = booking_lag(redis, prefix, show.show_id).await;
@@ -133,12 +143,36 @@ async fn booking_lag(redis: &mut ConnectionManager, prefix: &str, show: ShowId) 
     }
 }
 
+/// How long a show's seats counted in PostgreSQL are taken as still true.
+const COUNTED_FOR: Duration = Duration::from_secs(5);
+
+/// Seats counted in PostgreSQL, by show, and when.
+type Counted = HashMap<ShowId, (Instant, u64)>;
+
 /// Seats still sellable: the counts the show's writer publishes with its availability snapshot
-/// after every batch; from PostgreSQL only before its first snapshot.
-async fn sellable(pool: &PgPool, redis: &mut ConnectionManager, prefix: &str, show: ShowId) -> anyhow::Result<u64> {
+/// after every batch; from PostgreSQL only before its first snapshot, i.e. before the writer has
+/// applied anything (it publishes the snapshot when it takes the show, before its first batch),
+/// so nothing has been sold yet and a count a few seconds old is as good as a fresh one. Without
+/// that reuse every replica counted every show's seats at every tick until the first hold
+/// request: 6 replicas made PostgreSQL a third of a 2-core machine during a waiting-room run.
+async fn sellable(
+    pool: &PgPool,
+    redis: &mut ConnectionManager,
+    prefix: &str,
+    show: ShowId,
+    counted: &mut Counted,
+) -> anyhow::Result<u64> {
     let keys = availability::Keys::new(prefix, show);
-    match availability::counts(redis, &keys).await? {
-        Some(counts) => Ok(u64::from(counts.available)),
-        None => Ok(store::available_seats(pool, show).await?),
+    if let Some(counts) = availability::counts(redis, &keys).await? {
+        counted.remove(&show);
+        return Ok(u64::from(counts.available));
     }
+    if let Some((at, seats)) = counted.get(&show)
+        && at.elapsed() < COUNTED_FOR
+    {
+        return Ok(*seats);
+    }
+    let seats = store::available_seats(pool, show).await?;
+    counted.insert(show, (Instant::now(), seats));
+    Ok(seats)
 }

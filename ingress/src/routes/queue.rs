@@ -377,6 +377,14 @@ fn only_moves(place: &Place, update: &LocalUpdate) -> bool {
         && !matches!(update.update.state.as_str(), "sold_out" | "closed")
 }
 
+/// A waiting fan's turn is this close (by ETA) or the room is not moving: the socket watches
+/// every tick, so the turn is told at once.
+const NEAR_TURN_SECONDS: u64 = 5;
+
+fn near_turn(place: &Place) -> bool {
+    place.eta_seconds().is_none_or(|eta| eta <= NEAR_TURN_SECONDS)
+}
+
 /// One fan's socket: position messages as the serving number moves (at most one a second,
 /// less often far back: `position_every`), `admitted` with the token at once, `sold_out` /
 /// `closed` as the room changes, the fan's `hold_result` and `booking` changes as the show's
@@ -399,7 +407,11 @@ async fn fan_socket(mut socket: WebSocket, state: AppState, show: ShowId, user: 
     let mut window_messages = 0_u32;
     loop {
         tokio::select! {
-            changed = updates.changed() => {
+            // A fan whose next position is already due later, and whose turn cannot come
+            // before, sleeps until then instead of waking at every tick with the rest of the
+            // room (the cost of a large room was those wake-ups); the latest update is read
+            // when it wakes, and a sold-out or closed room is heard then.
+            changed = updates.changed(), if due.is_none() || near_turn(&place) => {
                 if changed.is_err() {
                     break;
                 }
@@ -424,7 +436,7 @@ async fn fan_socket(mut socket: WebSocket, state: AppState, show: ShowId, user: 
             }
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
                 due = None;
-                let Some(local) = updates.borrow().clone() else { continue };
+                let Some(local) = updates.borrow_and_update().clone() else { continue };
                 if !follow(&mut socket, &state, show, user, &mut place, &mut told, &local).await {
                     break;
                 }

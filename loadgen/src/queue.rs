@@ -110,6 +110,9 @@ pub struct QueueArgs {
     part: bool,
 }
 
+/// Handshakes a fan tries before its socket counts as an error.
+const HANDSHAKE_ATTEMPTS: u32 = 5;
+
 /// How long after a fan's turn its `admitted` message may take before the fan counts as passed
 /// over (well above the 1 s coalescing and the observed p99).
 const SETTLE: Duration = Duration::from_secs(10);
@@ -144,6 +147,7 @@ struct Part {
     join_ended: f64,
     join_latency: Buckets,
     websockets_open: usize,
+    handshake_retries: u64,
     connect_seconds: f64,
     serving_to_position: Buckets,
     position_staleness: Buckets,
@@ -169,6 +173,9 @@ struct QueueResult {
     joins_per_second: f64,
     join_latency: Summary,
     websockets_open: usize,
+    /// Handshakes tried again after a failure (a socket counts as an error after
+    /// [`HANDSHAKE_ATTEMPTS`] failures).
+    handshake_retries: u64,
     connect_seconds: f64,
     /// From a serving number's publication to a fan's `position` message carrying it; only
     /// numbers published after the fan's socket opened (its first message answers the connect).
@@ -330,6 +337,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         joins_per_second: joined as f64 / join_seconds.max(1e-9),
         join_latency: merge(|part| &part.join_latency),
         websockets_open: open,
+        handshake_retries: measured.iter().map(|part| part.handshake_retries).sum(),
         connect_seconds: measured.iter().map(|part| part.connect_seconds).fold(0.0, f64::max),
         serving_to_position: merge(|part| &part.serving_to_position),
         position_staleness: merge(|part| &part.position_staleness),
@@ -662,13 +670,29 @@ async fn run_part(args: QueueArgs) -> anyhow::Result<()> {
             let source = Ipv4Addr::new(127, 0, 0, 1 + (spread % sources) as u8);
             let token = fan.access_token.clone();
             let number = *number;
-            async move { (connect(host, source, &url, &token).await, number) }
+            async move {
+                // A refused or failed handshake is tried again a second later, as a browser's
+                // client does (ingress answers 503 when Redis is slow to tell the fan's place).
+                let mut retries = 0;
+                loop {
+                    match connect(host, source, &url, &token).await {
+                        Err(err) if retries + 1 < HANDSHAKE_ATTEMPTS => {
+                            tracing::debug!(error = %err, "handshake failed; trying again");
+                            retries += 1;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        outcome => break (outcome, number, retries),
+                    }
+                }
+            }
         })
         .buffer_unordered(args.concurrency);
     futures::pin_mut!(connects);
     let mut open = 0;
-    while let Some((socket, number)) = connects.next().await {
+    let mut handshake_retries = 0_u64;
+    while let Some((socket, number, retries)) = connects.next().await {
         tally.inc();
+        handshake_retries += u64::from(retries);
         let Ok(socket) = socket else {
             stats.lock().expect("not poisoned").errors += 1;
             continue;
@@ -704,6 +728,7 @@ async fn run_part(args: QueueArgs) -> anyhow::Result<()> {
         join_ended,
         join_latency: join_latency.buckets(),
         websockets_open: open,
+        handshake_retries,
         connect_seconds,
         serving_to_position: stats.position_latency.buckets(),
         position_staleness: stats.staleness.buckets(),

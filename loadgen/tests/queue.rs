@@ -48,6 +48,7 @@ async fn two_processes_hold_the_crowd_over_two_ingresses_and_hear_the_room_move(
     assert_eq!(result["joined"], 400);
     assert_eq!(result["websockets_open"], 400);
     assert_eq!(result["websocket_errors"], 0);
+    assert!(result["handshake_retries"].as_u64().is_some());
     // The room was paused while the crowd connected, then admitted 20 a second for 8 s.
     let admitted = result["admitted"].as_u64().expect("a count");
     assert!((60..=200).contains(&admitted), "admitted {admitted}");

@@ -415,7 +415,7 @@ async fn fan_socket(mut socket: WebSocket, state: AppState, show: ShowId, user: 
                 if changed.is_err() {
                     break;
                 }
-                // Every socket of the show wakes here at every tick: look before copying.
+                // Most wake-ups here only schedule the next message: look before copying.
                 let moves = match &*updates.borrow_and_update() {
                     Some(local) => only_moves(&place, local),
                     None => continue,

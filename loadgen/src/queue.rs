@@ -264,7 +264,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     }
     drop(events);
     let bars = indicatif::MultiProgress::new();
-    let stages: Vec<_> = ["login", "join", "connect"]
+    let stages: Vec<_> = STAGES
         .into_iter()
         .map(|stage| (stage, bars.add(bar(args.users, stage))))
         .collect();
@@ -286,14 +286,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let loadgen_pids: Vec<u32> = parts.iter().filter_map(|part| part.child.id()).collect();
     let (ingress_cpu_before, loadgen_cpu_before, held) = (cpu(&ingress), cpu(&loadgen_pids), Instant::now());
     if let Some(admin) = &admin {
-        admin
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/api/v1/admin/shows/{show}/waiting-room"),
-                &json!({"paused": false}),
-                200,
-            )
-            .await?;
+        set_paused(admin, show, false).await?;
     }
     for part in &mut parts {
         part.go().await?;
@@ -398,15 +391,21 @@ async fn create_show(client: &reqwest::Client, api: &str, args: &QueueArgs) -> a
     )
     .await?;
     let show = create_show_on_sale(&admin, args.seats, 6, args.admit_per_second, "queue benchmark").await?;
+    set_paused(&admin, show, true).await?;
+    Ok((show, admin))
+}
+
+/// Pauses or resumes admission to `show`'s room (from the controller's next tick).
+async fn set_paused(admin: &AdminApi, show: ShowId, paused: bool) -> anyhow::Result<()> {
     admin
         .call(
             reqwest::Method::PATCH,
             &format!("/api/v1/admin/shows/{show}/waiting-room"),
-            &json!({"paused": true}),
+            &json!({ "paused": paused }),
             200,
         )
         .await?;
-    Ok((show, admin))
+    Ok(())
 }
 
 /// The stages a process reports progress of, one `<stage> <count>` line on its stdout at a time.
@@ -467,15 +466,14 @@ impl PartProcess {
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let event = match line.split_once(' ') {
+                let progress = line.split_once(' ').and_then(|(stage, count)| {
+                    let stage = STAGES.into_iter().find(|known| *known == stage)?;
+                    Some(PartEvent::Progress(stage, count.parse().ok()?))
+                });
+                let event = match progress {
                     _ if line == "ready" => PartEvent::Ready,
-                    Some((stage, count)) if STAGES.contains(&stage) => match count.parse() {
-                        Ok(count) => {
-                            PartEvent::Progress(STAGES.into_iter().find(|s| *s == stage).unwrap_or("join"), count)
-                        }
-                        Err(_) => continue,
-                    },
-                    _ => {
+                    Some(progress) => progress,
+                    None => {
                         eprintln!("[loadgen {index}] {line}");
                         continue;
                     }
